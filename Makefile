@@ -1,0 +1,53 @@
+# sparsevision: `make test` and `make demo` work on a fresh clone.
+#   make venv   .venv with the pinned dependencies (idempotent)
+#   make build  compile sparsevision._C (C++ always, CUDA when a toolkit is found)
+#   make test   the whole test suite
+#   make demo   the demos on their embedded data (outputs/demo/)
+#   make bench  the benchmarks in --quick mode (outputs/bench/)
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+CUDA_HOME ?= $(if $(wildcard /usr/local/cuda/bin/nvcc),/usr/local/cuda,)
+export CUDA_HOME
+NATIVE_SOURCES := $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cuda/*.cu)
+EXTENSION := sparsevision/_C.so
+PYTEST_ARGS ?=
+
+.PHONY: venv build test demo bench clean system-deps
+
+venv: $(VENV)/.installed
+
+system-deps:
+	@if ! ldconfig -p | grep -q 'libusb-1.0.so.0'; then \
+	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    echo 'installing libusb-1.0-0 (needed by open3d)'; \
+	    (apt-get install -y -q libusb-1.0-0 || (apt-get update -q && apt-get install -y -q libusb-1.0-0)) >/dev/null; \
+	  else echo 'warning: libusb-1.0-0 is missing and apt is not usable; open3d will not import'; fi; \
+	fi
+
+$(VENV)/.installed: setup.py requirements.txt | system-deps
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -r requirements.txt
+	SV_WITH_OPS=0 $(PIP) install -q --no-build-isolation --no-deps -e .
+	touch $@
+
+$(EXTENSION): $(VENV)/.installed $(NATIVE_SOURCES) setup.py
+	$(PY) setup.py -q build_ext --inplace
+	$(PY) -c "import sparsevision.ops as ops; print(ops.extension_info())"
+
+build: $(EXTENSION)
+
+test: build system-deps
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+demo: build system-deps
+	$(PY) demo/image_demo.py --out-dir outputs/demo
+
+bench: build
+	mkdir -p outputs/bench
+	$(PY) tools/benchmark/token_routing.py --quick --json outputs/bench/token_routing.json
+
+clean:
+	rm -rf build $(EXTENSION) sparsevision/.mim outputs

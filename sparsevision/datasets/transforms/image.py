@@ -1,0 +1,73 @@
+"""Image transforms on ``results['img']`` (float32 ``[H, W]`` or ``[H, W, C]`` in [0, 1])."""
+from pathlib import Path
+from typing import Sequence, Tuple, Union
+
+import cv2
+import numpy as np
+
+from ...registry import TRANSFORMS
+
+
+@TRANSFORMS.register_module()
+class LoadImageFromFile:
+    """Read ``results['img_path']`` into a float32 image in [0, 1].
+
+    Args:
+        grayscale: read one channel (``[H, W]``) instead of RGB (``[H, W, 3]``).
+    """
+
+    def __init__(self, grayscale: bool = False):
+        self.grayscale = grayscale
+
+    def __call__(self, results: dict) -> dict:
+        path = Path(results['img_path'])
+        if not path.is_file():
+            raise FileNotFoundError(f'image {path} does not exist')
+        image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE if self.grayscale else cv2.IMREAD_COLOR)
+        if image is None:
+            raise ValueError(f'could not decode {path} as an image (is it a PNG/JPEG/BMP file?)')
+        if not self.grayscale:
+            image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+        results['img'] = image.astype(np.float32) / np.float32(np.iinfo(image.dtype).max)
+        return results
+
+
+@TRANSFORMS.register_module()
+class ResizeImage:
+    """Resize to ``size`` (an int for a square, or ``(height, width)``) with bilinear interpolation."""
+
+    def __init__(self, size: Union[int, Tuple[int, int]]):
+        self.size = (size, size) if isinstance(size, int) else tuple(size)
+
+    def __call__(self, results: dict) -> dict:
+        height, width = self.size
+        results['img'] = cv2.resize(results['img'], (width, height), interpolation=cv2.INTER_LINEAR)
+        return results
+
+
+@TRANSFORMS.register_module()
+class RandomAffine:
+    """Random rotation, scale and translation (uses numpy's global RNG, reseeded per epoch in training).
+
+    Args:
+        max_rotation: largest rotation in degrees (either way).
+        scale_range: ``(low, high)`` zoom factors.
+        max_translation: largest shift as a fraction of the image size.
+    """
+
+    def __init__(self, max_rotation: float = 10.0, scale_range: Sequence[float] = (0.9, 1.1),
+                 max_translation: float = 0.1):
+        self.max_rotation = max_rotation
+        self.scale_range = tuple(scale_range)
+        self.max_translation = max_translation
+
+    def __call__(self, results: dict) -> dict:
+        image = results['img']
+        height, width = image.shape[:2]
+        angle = np.random.uniform(-self.max_rotation, self.max_rotation)
+        scale = np.random.uniform(*self.scale_range)
+        matrix = cv2.getRotationMatrix2D((width / 2, height / 2), angle, scale)
+        matrix[:, 2] += np.random.uniform(-self.max_translation, self.max_translation, 2) * (width, height)
+        results['img'] = cv2.warpAffine(image, matrix, (width, height), flags=cv2.INTER_LINEAR,
+                                        borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        return results

@@ -1,0 +1,4 @@
+"""Metrics (registered in METRICS)."""
+from .accuracy import Accuracy
+
+__all__ = ['Accuracy']

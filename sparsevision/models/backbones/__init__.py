@@ -1,0 +1,4 @@
+from .resnet import ResNet
+from .vision_transformer import VisionTransformer
+
+__all__ = ['ResNet', 'VisionTransformer']

@@ -1,0 +1,3 @@
+from .classification_head import ClassificationHead
+
+__all__ = ['ClassificationHead']

@@ -1,0 +1,3 @@
+from .global_average_pooling import GlobalAveragePooling
+
+__all__ = ['GlobalAveragePooling']

@@ -1,0 +1,69 @@
+"""The ``sparsevision`` operator library: schemas, native kernels, reference fallback.
+
+Schemas are defined here, once. Importing :mod:`sparsevision._C` then
+registers the native CPU (and, when compiled in, CUDA) kernels for them. For
+every device the extension does not cover, the pure-PyTorch reference from
+:mod:`sparsevision.ops.reference` is registered instead and one warning says so.
+``SPARSEVISION_DISABLE_EXTENSION=1`` forces the reference path everywhere.
+"""
+import importlib
+import os
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+from . import reference
+
+LIBRARY_NAME = 'sparsevision'
+SCHEMAS = {
+    'gather_tokens': 'gather_tokens(Tensor tokens, Tensor index) -> Tensor',
+    'scatter_tokens': 'scatter_tokens(Tensor tokens, Tensor index, SymInt num_tokens) -> Tensor',
+}
+BUILD_HINT = ('build it with `make build` (or `pip install --no-build-isolation -e .` from the repository root; '
+              'set CUDA_HOME for CUDA kernels)')
+
+
+@dataclass(frozen=True)
+class ExtensionInfo:
+    """What the native extension provides in this process."""
+
+    loaded: bool
+    cpu_kernels: bool
+    cuda_kernels: bool
+    error: str = ''
+
+    def __str__(self):
+        if not self.loaded:
+            return f'sparsevision._C not loaded ({self.error}); ops use their pure-PyTorch references'
+        devices = 'CPU and CUDA' if self.cuda_kernels else 'CPU'
+        return f'sparsevision._C loaded with {devices} kernels'
+
+
+def _load_extension() -> ExtensionInfo:
+    if os.environ.get('SPARSEVISION_DISABLE_EXTENSION') == '1':
+        return ExtensionInfo(False, False, False, 'disabled by SPARSEVISION_DISABLE_EXTENSION=1')
+    try:
+        module = importlib.import_module('sparsevision._C')
+    except ImportError as error:
+        return ExtensionInfo(False, False, False, str(error))
+    return ExtensionInfo(True, True, bool(module.WITH_CUDA))
+
+
+def _register_fallbacks(library: torch.library.Library, info: ExtensionInfo) -> None:
+    missing = [key for key, present in (('CPU', info.cpu_kernels), ('CUDA', info.cuda_kernels)) if not present]
+    for name in SCHEMAS:
+        for key in missing:
+            library.impl(name, getattr(reference, name), key)
+    if not info.loaded:
+        warnings.warn(f'{info}; {BUILD_HINT}.', RuntimeWarning, stacklevel=3)
+    elif not info.cuda_kernels and torch.cuda.is_available():
+        warnings.warn('sparsevision._C was built without CUDA kernels, so ops on CUDA tensors use their '
+                      f'pure-PyTorch references; {BUILD_HINT}.', RuntimeWarning, stacklevel=3)
+
+
+_library = torch.library.Library(LIBRARY_NAME, 'DEF')
+for _schema in SCHEMAS.values():
+    _library.define(_schema)
+EXTENSION = _load_extension()
+_register_fallbacks(_library, EXTENSION)

@@ -1,0 +1,233 @@
+"""Benchmark sparsevision token routing against the pure-PyTorch chain.
+
+Ours: ``sparsevision.ops.gather_tokens`` / ``scatter_tokens`` as users call them
+(argument and index-range checks included). Peer: the pure-PyTorch references in
+``sparsevision.ops.reference`` (``torch.gather`` / ``scatter_add_`` with an
+expanded index), i.e. what a model writes without the extension. Cases are
+ViT-S/16-like: N=197 tokens, C=384 channels, K=round(0.7 N)=138 kept tokens,
+batch 1, 8 and 32; plus ToMe-like cases whose index holds many duplicates
+(197 tokens merged into 99 rows and unmerged back).
+
+``ratio`` is ours/peer time: lower is better, below 1 means ours is faster. It is
+the median of per-round ratios; ``spread`` is their min-max range. Follows
+``/work/shared/BENCHMARKS.md`` (same process, same inputs, alternating timing,
+best of 5 repetitions per round).
+
+Usage::
+
+    python tools/benchmark/token_routing.py [--quick] [--threads 1 2] [--json PATH] [--device cpu|cuda]
+"""
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+try:
+    import sparsevision
+except ImportError:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    import sparsevision
+
+import torch
+
+from sparsevision.ops import extension_info, gather_tokens, reference, scatter_tokens
+
+NUM_TOKENS = 197
+CHANNELS = 384
+KEPT = round(0.7 * NUM_TOKENS)
+MERGED = 99
+WARMUP_S = 0.05
+REPETITIONS = 5
+MATCH_TOLERANCE = 1e-6
+PEER = 'pure PyTorch (torch.gather / scatter_add_)'
+
+
+@dataclass
+class Case:
+    """One benchmark row: two callables returning comparable tensors, and the bytes one call moves."""
+
+    name: str
+    ours: Callable[[], tuple]
+    peer: Callable[[], tuple]
+    bytes_moved: int
+
+
+def random_index(batch, count, high, duplicates, generator):
+    """``[batch, count]`` rows in ``[0, high)``: distinct (a random top-k) or drawn with replacement."""
+    if duplicates:
+        return torch.randint(0, high, (batch, count), generator=generator)
+    return torch.stack([torch.randperm(high, generator=generator)[:count] for _ in range(batch)])
+
+
+def gather_forward_backward(gather):
+    def run(tokens, index, grad):
+        out = gather(tokens, index)
+        (tokens_grad,) = torch.autograd.grad(out, tokens, grad)
+        return out, tokens_grad
+    return run
+
+
+def make_cases(batch, num_tokens, count, duplicates, device, label):
+    """The gather, scatter and gather forward+backward cases of one shape."""
+    generator = torch.Generator().manual_seed(batch * 1000 + count)
+    tokens = torch.randn(batch, num_tokens, CHANNELS, generator=generator).to(device)
+    rows = torch.randn(batch, count, CHANNELS, generator=generator).to(device)
+    index = random_index(batch, count, num_tokens, duplicates, generator).to(device)
+    leaf = tokens.clone().requires_grad_()
+    element = tokens.element_size()
+    routed_bytes = batch * count * CHANNELS * element
+    grid_bytes = batch * num_tokens * CHANNELS * element
+    ours_fwd_bwd, peer_fwd_bwd = gather_forward_backward(gather_tokens), gather_forward_backward(reference.gather_tokens)
+    shape = f'B={batch} N={num_tokens} K={count} C={CHANNELS}{label}'
+    return [
+        Case(f'gather fwd, {shape}', lambda: (gather_tokens(tokens, index),),
+             lambda: (reference.gather_tokens(tokens, index),), 2 * routed_bytes),
+        Case(f'scatter fwd, {shape}', lambda: (scatter_tokens(rows, index, num_tokens),),
+             lambda: (reference.scatter_tokens(rows, index, num_tokens),), routed_bytes + grid_bytes),
+        Case(f'gather fwd+bwd, {shape}', lambda: ours_fwd_bwd(leaf, index, rows),
+             lambda: peer_fwd_bwd(leaf, index, rows), 3 * routed_bytes + grid_bytes),
+    ]
+
+
+def all_cases(quick, device):
+    if quick:
+        return make_cases(32, NUM_TOKENS, KEPT, False, device, ', keep 70%')
+    cases = []
+    for batch in (1, 8, 32):
+        cases += make_cases(batch, NUM_TOKENS, KEPT, False, device, ', keep 70%')
+    tome_gather, tome_scatter, _ = make_cases(32, MERGED, NUM_TOKENS, True, device, ', ToMe duplicates')
+    return cases + [tome_gather, tome_scatter]
+
+
+def synchronize(device):
+    if device == 'cuda':
+        torch.cuda.synchronize()
+
+
+def calls_per_repetition(function, device, target_s):
+    """How many back-to-back calls fill about ``target_s`` (also the warm-up)."""
+    calls, start = 0, time.perf_counter()
+    while calls < 3 or time.perf_counter() - start < WARMUP_S:
+        function()
+        calls += 1
+    synchronize(device)
+    per_call = (time.perf_counter() - start) / calls
+    return max(1, round(target_s / per_call))
+
+
+def best_time(function, calls, device):
+    """Best of ``REPETITIONS`` timings of ``calls`` calls, in seconds per call."""
+    best = float('inf')
+    for _ in range(REPETITIONS):
+        synchronize(device)
+        start = time.perf_counter()
+        for _ in range(calls):
+            function()
+        synchronize(device)
+        best = min(best, (time.perf_counter() - start) / calls)
+    return best
+
+
+def max_abs_diff(ours, peer):
+    return max(((a.detach().double() - b.detach().double()).abs().max().item() if a.numel() else 0.0)
+               for a, b in zip(ours, peer, strict=True))
+
+
+def run_case(case, threads, rounds, target_s, device):
+    torch.set_num_threads(threads)
+    diff = max_abs_diff(case.ours(), case.peer())
+    ours_calls = calls_per_repetition(case.ours, device, target_s)
+    peer_calls = calls_per_repetition(case.peer, device, target_s)
+    ours_times, peer_times = [], []
+    for _ in range(rounds):
+        ours_times.append(best_time(case.ours, ours_calls, device))
+        peer_times.append(best_time(case.peer, peer_calls, device))
+    ratios = [ours / peer for ours, peer in zip(ours_times, peer_times)]
+    ours_ms = statistics.median(ours_times) * 1e3
+    return {
+        'case': f'{case.name}, {threads} thread{"s" if threads > 1 else ""}, time',
+        'threads': threads,
+        'ours_ms': ours_ms,
+        'peer_ms': statistics.median(peer_times) * 1e3,
+        'ratio': statistics.median(ratios),
+        'rounds': ratios,
+        'match': diff <= MATCH_TOLERANCE,
+        'max_abs_diff': diff,
+        'gbps_ours': case.bytes_moved / ours_ms / 1e6,
+    }
+
+
+def cpu_name():
+    try:
+        for line in Path('/proc/cpuinfo').read_text().splitlines():
+            if line.startswith('model name'):
+                return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or 'unknown CPU'
+
+
+def print_table(rows):
+    header = ['case', 'ours ms', 'peer ms', 'ours GB/s', 'match (max abs diff)', 'spread', 'ratio']
+    table = [[row['case'].removesuffix(', time'), f'{row["ours_ms"]:.4f}', f'{row["peer_ms"]:.4f}',
+              f'{row["gbps_ours"]:.1f}', f'{"yes" if row["match"] else "NO"} ({row["max_abs_diff"]:.1e})',
+              f'{min(row["rounds"]):.2f}-{max(row["rounds"]):.2f}', f'{row["ratio"]:.2f}'] for row in rows]
+    widths = [max(len(line[column]) for line in [header] + table) for column in range(len(header))]
+    for line in [header, ['-' * width for width in widths]] + table:
+        print(' | '.join(cell.ljust(width) if column == 0 else cell.rjust(width)
+                         for column, (cell, width) in enumerate(zip(line, widths))))
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--quick', action='store_true', help='headline cases only (B=32), under 60 s on 2 cores')
+    parser.add_argument('--threads', type=int, nargs='+', default=[torch.get_num_threads()],
+                        help='CPU thread counts to run (default: the current torch thread count)')
+    parser.add_argument('--json', type=Path, help='also write the results as JSON to this path')
+    parser.add_argument('--device', choices=['cpu', 'cuda'], default='cpu')
+    return parser.parse_args()
+
+
+def main():
+    args = parse_args()
+    if args.device == 'cuda' and not torch.cuda.is_available():
+        sys.exit('--device cuda: CUDA is not available')
+    rounds, target_s = (3, 0.002) if args.quick else (7, 0.01)
+    cpu = cpu_name()
+    gpu = torch.cuda.get_device_name() if args.device == 'cuda' else None
+    threads = args.threads[0] if len(args.threads) == 1 else args.threads
+    print(f'token_routing benchmark{" (quick)" if args.quick else ""}: ours = sparsevision.ops, peer = {PEER}')
+    print(f'machine: {os.cpu_count()} cores, {cpu}{f", GPU {gpu}" if gpu else ""}; device {args.device}; '
+          f'threads {args.threads}')
+    print(f'versions: sparsevision {sparsevision.__version__}, torch {torch.__version__}, python '
+          f'{platform.python_version()}; {extension_info()}')
+    print(f'float32; {rounds} rounds of best-of-{REPETITIONS}; match = max abs diff <= {MATCH_TOLERANCE:g}; '
+          'ratio = ours/peer time, median over rounds (lower is better)\n')
+    cases = all_cases(args.quick, args.device)
+    previous_threads = torch.get_num_threads()
+    try:
+        rows = [run_case(case, count, rounds, target_s, args.device) for count in args.threads for case in cases]
+    finally:
+        torch.set_num_threads(previous_threads)
+    print_table(rows)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({
+            'benchmark': 'token_routing',
+            'versions': {'sparsevision': sparsevision.__version__, 'torch': torch.__version__, 'peer': PEER},
+            'machine': {'device': args.device, 'threads': threads, 'cpu': cpu, **({'gpu': gpu} if gpu else {})},
+            'rows': rows,
+        }, indent=2) + '\n')
+        print(f'\nwrote {args.json}')
+    if not all(row['match'] for row in rows):
+        sys.exit('outputs differ between ours and the peer')
+
+
+if __name__ == '__main__':
+    main()
