@@ -18,4 +18,19 @@ inline void check_routing_arguments(const at::Tensor& tokens, const at::Tensor& 
                     tokens.scalar_type());
 }
 
+// scatter_tokens: tokens [B, K, C], index [B, K], num_tokens >= 0.
+inline void check_scatter_arguments(const at::Tensor& tokens, const at::Tensor& index, int64_t num_tokens) {
+  check_routing_arguments(tokens, index, "scatter_tokens");
+  TORCH_CHECK_VALUE(index.size(1) == tokens.size(1), "scatter_tokens: index has ", index.size(1),
+                    " entries per sample but tokens have ", tokens.size(1), " rows");
+  TORCH_CHECK_VALUE(num_tokens >= 0, "scatter_tokens: num_tokens must be >= 0, got ", num_tokens);
+}
+
+// The zero-filled [B, num_tokens, C] sum buffer: float32 for half/bfloat16 inputs, else the input dtype.
+inline at::Tensor scatter_accumulator(const at::Tensor& tokens, int64_t num_tokens) {
+  const bool reduced = tokens.scalar_type() == at::kHalf || tokens.scalar_type() == at::kBFloat16;
+  return at::zeros({tokens.size(0), num_tokens, tokens.size(2)},
+                   tokens.options().dtype(reduced ? at::kFloat : tokens.scalar_type()));
+}
+
 }  // namespace sparsevision

@@ -26,11 +26,25 @@ from mmengine.registry import TRANSFORMS as MMENGINE_TRANSFORMS
 from mmengine.registry import VISBACKENDS as MMENGINE_VISBACKENDS
 from mmengine.registry import VISUALIZERS as MMENGINE_VISUALIZERS
 from mmengine.registry import WEIGHT_INITIALIZERS as MMENGINE_WEIGHT_INITIALIZERS
-from mmengine.registry import Registry
+from mmengine.registry import DefaultScope, Registry, build_model_from_cfg
 
 SCOPE = 'sparsevision'
 
-MODELS = Registry('model', parent=MMENGINE_MODELS, scope=SCOPE, locations=['sparsevision.models'])
+
+def build_model_in_own_scope(cfg, registry, default_args=None):
+    """Build a model with ``sparsevision`` as the default scope.
+
+    A sparsevision model built from another project's config (``type='sparsevision.X'``
+    under ``default_scope='mmdet3d'``) then finds its unprefixed sub-modules
+    (backbone, head, ...) here; prefixed ones (``'mmdet3d.Y'``) still resolve
+    in their own project.
+    """
+    with DefaultScope.overwrite_default_scope(SCOPE):
+        return build_model_from_cfg(cfg, registry, default_args)
+
+
+MODELS = Registry('model', parent=MMENGINE_MODELS, scope=SCOPE, build_func=build_model_in_own_scope,
+                  locations=['sparsevision.models'])
 MODEL_WRAPPERS = Registry('model_wrapper', parent=MMENGINE_MODEL_WRAPPERS, scope=SCOPE,
                           locations=['sparsevision.models'])
 WEIGHT_INITIALIZERS = Registry('weight initializer', parent=MMENGINE_WEIGHT_INITIALIZERS, scope=SCOPE,

@@ -7,8 +7,9 @@ default_hooks = dict(
     checkpoint=dict(type='CheckpointHook', interval=1, max_keep_ckpts=1, save_best='auto'),
     sampler_seed=dict(type='DistSamplerSeedHook'),
 )
-# ReseedPerEpochHook makes `--resume` exact; DistributedConsistencyHook checks that DDP replicas agree.
-custom_hooks = [dict(type='ReseedPerEpochHook'), dict(type='DistributedConsistencyHook')]
+# ReseedPerEpochHook makes `--resume` exact; SyncBuffersHook averages BatchNorm statistics across processes
+# after each epoch; DistributedConsistencyHook then checks that all processes hold the same model.
+custom_hooks = [dict(type='ReseedPerEpochHook'), dict(type='SyncBuffersHook'), dict(type='DistributedConsistencyHook')]
 
 env_cfg = dict(
     cudnn_benchmark=False,

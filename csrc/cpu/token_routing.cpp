@@ -70,24 +70,19 @@ void scatter_add_rows(const scalar_t* src, const int64_t* idx, accumulate_t* dst
 }
 
 at::Tensor scatter_tokens_cpu(const at::Tensor& tokens_in, const at::Tensor& index_in, int64_t num_tokens) {
-  check_routing_arguments(tokens_in, index_in, "scatter_tokens");
-  TORCH_CHECK_VALUE(index_in.size(1) == tokens_in.size(1), "scatter_tokens: index has ", index_in.size(1),
-                    " entries per sample but tokens have ", tokens_in.size(1), " rows");
-  TORCH_CHECK_VALUE(num_tokens >= 0, "scatter_tokens: num_tokens must be >= 0, got ", num_tokens);
+  check_scatter_arguments(tokens_in, index_in, num_tokens);
   const at::Tensor tokens = tokens_in.contiguous();
   const at::Tensor index = index_in.contiguous();
   const int64_t batch = tokens.size(0), count = tokens.size(1), channels = tokens.size(2);
   check_index_range(index, num_tokens, "scatter_tokens");
-  const bool reduced_precision = tokens.scalar_type() == at::kHalf || tokens.scalar_type() == at::kBFloat16;
-  at::Tensor out = at::zeros({batch, num_tokens, channels},
-                             tokens.options().dtype(reduced_precision ? at::kFloat : tokens.scalar_type()));
+  at::Tensor out = scatter_accumulator(tokens, num_tokens);
   if (tokens.numel() == 0) return out.to(tokens.scalar_type());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, tokens.scalar_type(), "scatter_tokens_cpu", [&] {
     using accumulate_t = at::opmath_type<scalar_t>;
     scatter_add_rows<scalar_t, accumulate_t>(tokens.data_ptr<scalar_t>(), index.data_ptr<int64_t>(),
                                              out.data_ptr<accumulate_t>(), batch, count, num_tokens, channels);
   });
-  return reduced_precision ? out.to(tokens.scalar_type()) : out;
+  return out.to(tokens.scalar_type());
 }
 
 }  // namespace

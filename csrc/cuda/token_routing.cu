@@ -72,17 +72,12 @@ at::Tensor gather_tokens_cuda(const at::Tensor& tokens_in, const at::Tensor& ind
 }
 
 at::Tensor scatter_tokens_cuda(const at::Tensor& tokens_in, const at::Tensor& index_in, int64_t num_tokens) {
-  check_routing_arguments(tokens_in, index_in, "scatter_tokens");
-  TORCH_CHECK_VALUE(index_in.size(1) == tokens_in.size(1), "scatter_tokens: index has ", index_in.size(1),
-                    " entries per sample but tokens have ", tokens_in.size(1), " rows");
-  TORCH_CHECK_VALUE(num_tokens >= 0, "scatter_tokens: num_tokens must be >= 0, got ", num_tokens);
+  check_scatter_arguments(tokens_in, index_in, num_tokens);
   const c10::cuda::CUDAGuard guard(tokens_in.device());
   const at::Tensor tokens = tokens_in.contiguous();
   const at::Tensor index = index_in.contiguous();
   const int64_t batch = tokens.size(0), count = tokens.size(1), channels = tokens.size(2);
-  const bool reduced_precision = tokens.scalar_type() == at::kHalf || tokens.scalar_type() == at::kBFloat16;
-  at::Tensor out = at::zeros({batch, num_tokens, channels},
-                             tokens.options().dtype(reduced_precision ? at::kFloat : tokens.scalar_type()));
+  at::Tensor out = scatter_accumulator(tokens, num_tokens);
   if (tokens.numel() == 0 || out.numel() == 0) return out.to(tokens.scalar_type());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, tokens.scalar_type(), "scatter_tokens_cuda", [&] {
     using accumulate_t = at::opmath_type<scalar_t>;
@@ -92,7 +87,7 @@ at::Tensor scatter_tokens_cuda(const at::Tensor& tokens_in, const at::Tensor& in
             num_tokens, channels);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return reduced_precision ? out.to(tokens.scalar_type()) : out;
+  return out.to(tokens.scalar_type());
 }
 
 }  // namespace

@@ -1,5 +1,6 @@
 """mmengine extensions: hooks and the launcher set-up shared by tools/train.py and tools/test.py."""
 from .hooks import DistributedConsistencyHook, ReseedPerEpochHook
-from .launch import build_runner
+from .launch import add_common_arguments, build_runner, config_from_arguments
 
-__all__ = ['DistributedConsistencyHook', 'ReseedPerEpochHook', 'build_runner']
+__all__ = ['DistributedConsistencyHook', 'ReseedPerEpochHook', 'add_common_arguments', 'build_runner',
+           'config_from_arguments']

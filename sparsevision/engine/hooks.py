@@ -33,29 +33,30 @@ class ReseedPerEpochHook(Hook):
 class DistributedConsistencyHook(Hook):
     """Check, after training, that every process holds bit-identical parameters and buffers.
 
-    Each process hashes its model state; rank 0 logs the verdict and any
-    disagreement raises, because replicas that drifted apart (an unsynchronised
-    buffer, a rank-dependent branch) silently train different models.
+    Replicas that drifted apart (BatchNorm statistics never synchronised, a
+    rank-dependent branch) silently train different models; this raises,
+    naming the tensors that differ. Pair it with ``SyncBuffersHook`` (or
+    SyncBatchNorm) in models with BatchNorm.
     """
 
     priority = 'LOWEST'
 
     def after_train(self, runner) -> None:
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
-        digest = model_state_digest(model)
-        digests = [digest]
+        digests = tensor_digests(model)
+        every_rank = [digests]
         if is_distributed():
-            digests = [None] * get_world_size()
-            dist.all_gather_object(digests, digest)
-        if len(set(digests)) != 1:
-            raise RuntimeError(f'model replicas differ after training: state digests per rank {digests}')
-        runner.logger.info(f'replicas identical on {len(digests)} process(es): state digest {digest}')
+            every_rank = [None] * get_world_size()
+            dist.all_gather_object(every_rank, digests)
+        differing = [name for name in digests if len({rank[name] for rank in every_rank}) > 1]
+        if differing:
+            raise RuntimeError(f'model replicas differ after training in {len(differing)} tensor(s): '
+                               f'{differing[:8]}')
+        total = hashlib.sha256(''.join(digests.values()).encode()).hexdigest()
+        runner.logger.info(f'replicas identical on {len(every_rank)} process(es): state digest {total}')
 
 
-def model_state_digest(model: torch.nn.Module) -> str:
-    """SHA-256 of every parameter and buffer, in state_dict order."""
-    sha = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        sha.update(name.encode())
-        sha.update(np.ascontiguousarray(tensor.detach().cpu().numpy()).tobytes())
-    return sha.hexdigest()
+def tensor_digests(model: torch.nn.Module) -> dict:
+    """SHA-256 of every parameter and buffer, by state_dict name."""
+    return {name: hashlib.sha256(np.ascontiguousarray(tensor.detach().cpu().numpy()).tobytes()).hexdigest()
+            for name, tensor in model.state_dict().items()}

@@ -7,22 +7,16 @@ once in float16 and bfloat16. Then edge cases, argument errors, autograd,
 ``torch.library.opcheck``, determinism across thread counts, ``torch.compile``,
 the reference fallback and, where a GPU is present, the CUDA kernels.
 """
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-import sparsevision
 from sparsevision.ops import extension_info, gather_tokens, scatter_tokens
 from sparsevision.ops import reference
 
-REPO_ROOT = Path(sparsevision.__file__).resolve().parents[1]
 GATHER_OP = torch.ops.sparsevision.gather_tokens.default
 SCATTER_OP = torch.ops.sparsevision.scatter_tokens.default
 ALL_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
@@ -50,10 +44,21 @@ def make_inputs(batch, num_tokens, count, channels, dtype=torch.float32, distinc
 
 @st.composite
 def routing_shapes(draw):
-    """``(B, N, K, C, distinct_rows, seed)`` with K up to 60 > N and C across the 64-channel block boundary."""
+    """``(B, N, K, C, distinct_rows, seed)`` with K up to 60 > N and C often across the 64-channel block boundary."""
     num_tokens = draw(st.integers(1, 50))
-    return (draw(st.integers(0, 4)), num_tokens, draw(st.integers(0, 60)), draw(st.integers(0, 70)),
-            draw(st.integers(1, num_tokens)), draw(st.integers(0, 2**31 - 1)))
+    channels = draw(st.integers(0, 70) | st.integers(60, 70))
+    return (draw(st.integers(0, 4)), num_tokens, draw(st.integers(0, 60)), channels, draw(st.integers(1, num_tokens)),
+            draw(st.integers(0, 2**31 - 1)))
+
+
+HYPOTHESIS_EXAMPLES = [(4, 50, 60, 70, 50, 0), (2, 5, 60, 65, 2, 1), (3, 33, 20, 64, 1, 2)]
+
+
+def with_examples(test):
+    """Always run the hand-picked shapes too: K > N, heavy duplicates, C on and across a 64-channel block."""
+    for shape in HYPOTHESIS_EXAMPLES:
+        test = example(shape=shape)(test)
+    return test
 
 
 def expected_gather(tokens, index):
@@ -78,6 +83,7 @@ def assert_bitwise_equal(actual, expected):
 @pytest.mark.parametrize('dtype', ALL_DTYPES, ids=str)
 @settings(max_examples=40, deadline=None)
 @given(shape=routing_shapes())
+@with_examples
 def test_gather_matches_reference(dtype, shape):
     batch, num_tokens, count, channels, distinct_rows, seed = shape
     tokens, _, index = make_inputs(batch, num_tokens, count, channels, dtype, distinct_rows, seed)
@@ -87,6 +93,7 @@ def test_gather_matches_reference(dtype, shape):
 @pytest.mark.parametrize('dtype', ALL_DTYPES, ids=str)
 @settings(max_examples=40, deadline=None)
 @given(shape=routing_shapes())
+@with_examples
 def test_scatter_matches_reference(dtype, shape):
     batch, num_tokens, count, channels, distinct_rows, seed = shape
     _, rows, index = make_inputs(batch, num_tokens, count, channels, dtype, distinct_rows, seed)
@@ -95,17 +102,18 @@ def test_scatter_matches_reference(dtype, shape):
     if dtype in REDUCED_DTYPES:
         exact = reference.scatter_tokens(rows.double(), index, num_tokens)
         tolerance = {torch.float16: 1e-3, torch.bfloat16: 8e-3}[dtype]
-        torch.testing.assert_close(out.double(), exact, rtol=tolerance, atol=tolerance * count)
+        torch.testing.assert_close(out.double(), exact, rtol=tolerance, atol=tolerance)
 
 
 @settings(max_examples=30, deadline=None)
 @given(shape=routing_shapes())
+@with_examples
 def test_scatter_is_adjoint_of_gather(shape):
     batch, num_tokens, count, channels, distinct_rows, seed = shape
     tokens, rows, index = make_inputs(batch, num_tokens, count, channels, torch.float64, distinct_rows, seed)
     left = (gather_tokens(tokens, index) * rows).sum()
     right = (tokens * scatter_tokens(rows, index, num_tokens)).sum()
-    torch.testing.assert_close(left, right, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(left, right, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize('batch, num_tokens, count, channels, distinct_rows', [
@@ -161,28 +169,27 @@ def test_non_contiguous_inputs(layout):
     assert_bitwise_equal(scatter_tokens(rows, index, 20), reference.scatter_tokens(rows, index, 20))
 
 
-@pytest.mark.parametrize('call, error, message', [
-    (lambda: gather_tokens(torch.zeros(2, 5, 3), torch.zeros(2, 4, dtype=torch.int32)), ValueError, 'int64'),
-    (lambda: scatter_tokens(torch.zeros(2, 4, 3), torch.zeros(2, 4, dtype=torch.int32), 5), ValueError, 'int64'),
-    (lambda: gather_tokens(torch.zeros(2, 5, 3), torch.tensor([[0, 5], [1, 2]])), ValueError, r'\[0, 5\).*\[0, 5\]'),
-    (lambda: gather_tokens(torch.zeros(2, 5, 3), torch.tensor([[0, -1], [1, 2]])), ValueError, r'\[0, 5\).*\[-1, 2\]'),
-    (lambda: scatter_tokens(torch.zeros(1, 2, 3), torch.tensor([[0, 7]]), 7), ValueError, r'\[0, 7\).*\[0, 7\]'),
-    (lambda: scatter_tokens(torch.zeros(1, 2, 3), torch.tensor([[-3, 0]]), 7), ValueError, r'\[0, 7\).*\[-3, 0\]'),
-    (lambda: gather_tokens(torch.zeros(1, 0, 3), torch.tensor([[0]])), ValueError, r'\[0, 0\)'),
-    (lambda: gather_tokens(torch.zeros(5, 3), torch.zeros(1, 2, dtype=torch.long)), ValueError, 'tokens must be'),
-    (lambda: gather_tokens(torch.zeros(1, 5, 3, 1), torch.zeros(1, 2, dtype=torch.long)), ValueError, 'tokens must'),
-    (lambda: gather_tokens(torch.zeros(1, 5, 3), torch.zeros(2, dtype=torch.long)), ValueError, 'index must be'),
-    (lambda: gather_tokens(torch.zeros(1, 5, 3), torch.zeros(1, 2, 1, dtype=torch.long)), ValueError, 'index must'),
-    (lambda: gather_tokens(torch.zeros(2, 5, 3), torch.zeros(3, 2, dtype=torch.long)), ValueError, 'batch=2'),
-    (lambda: gather_tokens(torch.zeros(1, 5, 3, dtype=torch.long), torch.zeros(1, 2, dtype=torch.long)), ValueError,
-     'floating point'),
-    (lambda: scatter_tokens(torch.zeros(1, 3, 2), torch.zeros(1, 4, dtype=torch.long), 5), ValueError, '4 entries'),
-    (lambda: scatter_tokens(torch.zeros(1, 0, 2), torch.zeros(1, 0, dtype=torch.long), -1), ValueError, '>= 0'),
+@pytest.mark.parametrize('call, message', [
+    (lambda: gather_tokens(torch.zeros(2, 5, 3), torch.zeros(2, 4, dtype=torch.int32)), 'int64'),
+    (lambda: scatter_tokens(torch.zeros(2, 4, 3), torch.zeros(2, 4, dtype=torch.int32), 5), 'int64'),
+    (lambda: gather_tokens(torch.zeros(2, 5, 3), torch.tensor([[0, 5], [1, 2]])), r'\[0, 5\).*\[0, 5\]'),
+    (lambda: gather_tokens(torch.zeros(2, 5, 3), torch.tensor([[0, -1], [1, 2]])), r'\[0, 5\).*\[-1, 2\]'),
+    (lambda: scatter_tokens(torch.zeros(1, 2, 3), torch.tensor([[0, 7]]), 7), r'\[0, 7\).*\[0, 7\]'),
+    (lambda: scatter_tokens(torch.zeros(1, 2, 3), torch.tensor([[-3, 0]]), 7), r'\[0, 7\).*\[-3, 0\]'),
+    (lambda: gather_tokens(torch.zeros(1, 0, 3), torch.tensor([[0]])), r'\[0, 0\)'),
+    (lambda: gather_tokens(torch.zeros(5, 3), torch.zeros(1, 2, dtype=torch.long)), 'tokens must be'),
+    (lambda: gather_tokens(torch.zeros(1, 5, 3, 1), torch.zeros(1, 2, dtype=torch.long)), 'tokens must'),
+    (lambda: gather_tokens(torch.zeros(1, 5, 3), torch.zeros(2, dtype=torch.long)), 'index must be'),
+    (lambda: gather_tokens(torch.zeros(1, 5, 3), torch.zeros(1, 2, 1, dtype=torch.long)), 'index must'),
+    (lambda: gather_tokens(torch.zeros(2, 5, 3), torch.zeros(3, 2, dtype=torch.long)), 'batch=2'),
+    (lambda: gather_tokens(torch.zeros(1, 5, 3, dtype=torch.long), torch.zeros(1, 2, dtype=torch.long)), 'floating'),
+    (lambda: scatter_tokens(torch.zeros(1, 3, 2), torch.zeros(1, 4, dtype=torch.long), 5), '4 entries'),
+    (lambda: scatter_tokens(torch.zeros(1, 0, 2), torch.zeros(1, 0, dtype=torch.long), -1), '>= 0'),
 ], ids=['gather int32', 'scatter int32', 'gather index == N', 'gather negative', 'scatter index == N',
         'scatter negative', 'gather from no tokens', 'tokens 2d', 'tokens 4d', 'index 1d', 'index 3d',
         'batch mismatch', 'integer tokens', 'scatter count mismatch', 'negative num_tokens'])
-def test_invalid_arguments(call, error, message):
-    with pytest.raises(error, match=message):
+def test_invalid_arguments(call, message):
+    with pytest.raises(ValueError, match=message):
         call()
 
 
@@ -202,6 +209,7 @@ INDEX_CASES = {
     'distinct': torch.tensor([[4, 0, 2], [1, 3, 0]]),
     'duplicates': torch.tensor([[0, 0, 3, 0], [2, 2, 2, 4]]),
     'more kept than tokens': torch.tensor([[1, 4, 4, 0, 2, 3, 1, 1], [0, 0, 0, 0, 0, 0, 0, 0]]),
+    'none kept': torch.zeros(2, 0, dtype=torch.long),
 }
 
 
@@ -270,18 +278,20 @@ def routed_residual(tokens, index):
     return tokens + scatter_tokens(kept.tanh() * 2, index, tokens.shape[1])
 
 
-def test_torch_compile_fullgraph_matches_eager():
+@pytest.mark.parametrize('dynamic', [False, True], ids=['static', 'dynamic'])
+def test_torch_compile_fullgraph_matches_eager(dynamic):
     torch._dynamo.reset()
-    tokens, _, index = make_inputs(2, 10, 14, 70, distinct_rows=6)
-    compiled = torch.compile(routed_residual, fullgraph=True, backend='aot_eager')
-    eager_tokens = tokens.clone().requires_grad_()
-    compiled_tokens = tokens.clone().requires_grad_()
-    eager_out = routed_residual(eager_tokens, index)
-    compiled_out = compiled(compiled_tokens, index)
-    assert_bitwise_equal(compiled_out, eager_out)
-    eager_out.square().sum().backward()
-    compiled_out.square().sum().backward()
-    assert_bitwise_equal(compiled_tokens.grad, eager_tokens.grad)
+    compiled = torch.compile(routed_residual, fullgraph=True, backend='aot_eager', dynamic=dynamic)
+    for batch, num_tokens, count in [(2, 10, 14), (3, 12, 5)]:
+        tokens, _, index = make_inputs(batch, num_tokens, count, 70, distinct_rows=6)
+        eager_tokens = tokens.clone().requires_grad_()
+        compiled_tokens = tokens.clone().requires_grad_()
+        eager_out = routed_residual(eager_tokens, index)
+        compiled_out = compiled(compiled_tokens, index)
+        assert_bitwise_equal(compiled_out, eager_out)
+        eager_out.square().sum().backward()
+        compiled_out.square().sum().backward()
+        assert_bitwise_equal(compiled_tokens.grad, eager_tokens.grad)
 
 
 FALLBACK_SCRIPT = textwrap.dedent('''
@@ -305,13 +315,12 @@ FALLBACK_SCRIPT = textwrap.dedent('''
 ''')
 
 
-def test_reference_fallback_matches_native(tmp_path):
+def test_reference_fallback_matches_native(tmp_path, python_process):
     tokens, rows, index = make_inputs(3, 11, 17, 70, distinct_rows=4, seed=5)
     torch.save((tokens, rows, index), tmp_path / 'inputs.pt')
-    environment = dict(os.environ, SPARSEVISION_DISABLE_EXTENSION='1',
-                       PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get('PYTHONPATH')])))
-    subprocess.run([sys.executable, '-c', FALLBACK_SCRIPT, str(tmp_path / 'inputs.pt'), str(tmp_path / 'out.pt')],
-                   env=environment, cwd=REPO_ROOT, check=True, timeout=120)
+    result = python_process(['-c', FALLBACK_SCRIPT, tmp_path / 'inputs.pt', tmp_path / 'out.pt'],
+                            env={'SPARSEVISION_DISABLE_EXTENSION': '1'}, timeout=120)
+    assert result.returncode == 0, result.stderr
     fallback_gathered, fallback_scattered, fallback_grad = torch.load(tmp_path / 'out.pt')
     tokens.requires_grad_()
     gathered = gather_tokens(tokens, index)

@@ -9,9 +9,12 @@ batch 1, 8 and 32; plus ToMe-like cases whose index holds many duplicates
 (197 tokens merged into 99 rows and unmerged back).
 
 ``ratio`` is ours/peer time: lower is better, below 1 means ours is faster. It is
-the median of per-round ratios; ``spread`` is their min-max range. Follows
-``/work/shared/BENCHMARKS.md`` (same process, same inputs, alternating timing,
-best of 5 repetitions per round).
+the median of per-round ratios (rounds alternate which side runs first);
+``spread`` is their min-max range. Follows ``/work/shared/BENCHMARKS.md`` (same
+process, same inputs, float32, best of 5 repetitions per round). Beyond its
+schema, every JSON row has ``threads`` and ``gbps_ours`` (bytes read and
+written per call over our time), and ``machine.threads`` is a list when several
+thread counts ran.
 
 Usage::
 
@@ -65,15 +68,13 @@ def random_index(batch, count, high, duplicates, generator):
     return torch.stack([torch.randperm(high, generator=generator)[:count] for _ in range(batch)])
 
 
-def gather_forward_backward(gather):
-    def run(tokens, index, grad):
-        out = gather(tokens, index)
-        (tokens_grad,) = torch.autograd.grad(out, tokens, grad)
-        return out, tokens_grad
-    return run
+def gather_forward_backward(gather, tokens, index, grad):
+    """Gather, then the gradient of ``sum(gather(tokens) * grad)`` with respect to ``tokens``."""
+    out = gather(tokens, index)
+    return out, torch.autograd.grad(out, tokens, grad)[0]
 
 
-def make_cases(batch, num_tokens, count, duplicates, device, label):
+def make_cases(batch, num_tokens, count, duplicates, label, device):
     """The gather, scatter and gather forward+backward cases of one shape."""
     generator = torch.Generator().manual_seed(batch * 1000 + count)
     tokens = torch.randn(batch, num_tokens, CHANNELS, generator=generator).to(device)
@@ -83,26 +84,25 @@ def make_cases(batch, num_tokens, count, duplicates, device, label):
     element = tokens.element_size()
     routed_bytes = batch * count * CHANNELS * element
     grid_bytes = batch * num_tokens * CHANNELS * element
-    ours_fwd_bwd, peer_fwd_bwd = gather_forward_backward(gather_tokens), gather_forward_backward(reference.gather_tokens)
     shape = f'B={batch} N={num_tokens} K={count} C={CHANNELS}{label}'
     return [
         Case(f'gather fwd, {shape}', lambda: (gather_tokens(tokens, index),),
              lambda: (reference.gather_tokens(tokens, index),), 2 * routed_bytes),
         Case(f'scatter fwd, {shape}', lambda: (scatter_tokens(rows, index, num_tokens),),
              lambda: (reference.scatter_tokens(rows, index, num_tokens),), routed_bytes + grid_bytes),
-        Case(f'gather fwd+bwd, {shape}', lambda: ours_fwd_bwd(leaf, index, rows),
-             lambda: peer_fwd_bwd(leaf, index, rows), 3 * routed_bytes + grid_bytes),
+        Case(f'gather fwd+bwd, {shape}', lambda: gather_forward_backward(gather_tokens, leaf, index, rows),
+             lambda: gather_forward_backward(reference.gather_tokens, leaf, index, rows),
+             3 * routed_bytes + grid_bytes),
     ]
 
 
 def all_cases(quick, device):
-    if quick:
-        return make_cases(32, NUM_TOKENS, KEPT, False, device, ', keep 70%')
-    cases = []
-    for batch in (1, 8, 32):
-        cases += make_cases(batch, NUM_TOKENS, KEPT, False, device, ', keep 70%')
-    tome_gather, tome_scatter, _ = make_cases(32, MERGED, NUM_TOKENS, True, device, ', ToMe duplicates')
-    return cases + [tome_gather, tome_scatter]
+    """The headline shape (B=32, keep 70%) in quick mode, else every batch size and the ToMe-like shape."""
+    shapes = [(32, NUM_TOKENS, KEPT, False, ', keep 70%')]
+    if not quick:
+        shapes = ([(batch, NUM_TOKENS, KEPT, False, ', keep 70%') for batch in (1, 8, 32)]
+                  + [(32, MERGED, NUM_TOKENS, True, ', ToMe duplicates')])
+    return [case for shape in shapes for case in make_cases(*shape, device)]
 
 
 def synchronize(device):
@@ -135,8 +135,7 @@ def best_time(function, calls, device):
 
 
 def max_abs_diff(ours, peer):
-    return max(((a.detach().double() - b.detach().double()).abs().max().item() if a.numel() else 0.0)
-               for a, b in zip(ours, peer, strict=True))
+    return max((a.detach().double() - b.detach().double()).abs().max().item() for a, b in zip(ours, peer, strict=True))
 
 
 def run_case(case, threads, rounds, target_s, device):
@@ -145,13 +144,14 @@ def run_case(case, threads, rounds, target_s, device):
     ours_calls = calls_per_repetition(case.ours, device, target_s)
     peer_calls = calls_per_repetition(case.peer, device, target_s)
     ours_times, peer_times = [], []
-    for _ in range(rounds):
-        ours_times.append(best_time(case.ours, ours_calls, device))
-        peer_times.append(best_time(case.peer, peer_calls, device))
+    for round_number in range(rounds):
+        timings = [(ours_times, case.ours, ours_calls), (peer_times, case.peer, peer_calls)]
+        for times, function, calls in timings[::-1] if round_number % 2 else timings:
+            times.append(best_time(function, calls, device))
     ratios = [ours / peer for ours, peer in zip(ours_times, peer_times)]
     ours_ms = statistics.median(ours_times) * 1e3
     return {
-        'case': f'{case.name}, {threads} thread{"s" if threads > 1 else ""}, time',
+        'case': f'{case.name}, {threads} thread{"s" if threads > 1 else ""} (time)',
         'threads': threads,
         'ours_ms': ours_ms,
         'peer_ms': statistics.median(peer_times) * 1e3,
@@ -175,7 +175,7 @@ def cpu_name():
 
 def print_table(rows):
     header = ['case', 'ours ms', 'peer ms', 'ours GB/s', 'match (max abs diff)', 'spread', 'ratio']
-    table = [[row['case'].removesuffix(', time'), f'{row["ours_ms"]:.4f}', f'{row["peer_ms"]:.4f}',
+    table = [[row['case'].removesuffix(' (time)'), f'{row["ours_ms"]:.4f}', f'{row["peer_ms"]:.4f}',
               f'{row["gbps_ours"]:.1f}', f'{"yes" if row["match"] else "NO"} ({row["max_abs_diff"]:.1e})',
               f'{min(row["rounds"]):.2f}-{max(row["rounds"]):.2f}', f'{row["ratio"]:.2f}'] for row in rows]
     widths = [max(len(line[column]) for line in [header] + table) for column in range(len(header))]
@@ -204,7 +204,7 @@ def main():
     threads = args.threads[0] if len(args.threads) == 1 else args.threads
     print(f'token_routing benchmark{" (quick)" if args.quick else ""}: ours = sparsevision.ops, peer = {PEER}')
     print(f'machine: {os.cpu_count()} cores, {cpu}{f", GPU {gpu}" if gpu else ""}; device {args.device}; '
-          f'threads {args.threads}')
+          f'threads {args.threads}; load average {os.getloadavg()[0]:.2f} at start')
     print(f'versions: sparsevision {sparsevision.__version__}, torch {torch.__version__}, python '
           f'{platform.python_version()}; {extension_info()}')
     print(f'float32; {rounds} rounds of best-of-{REPETITIONS}; match = max abs diff <= {MATCH_TOLERANCE:g}; '
