@@ -63,7 +63,7 @@ class ImageClassificationInferencer:
 
         columns = min(len(images), 6)
         rows = (len(images) + columns - 1) // columns
-        figure, axes = plt.subplots(rows, columns, figsize=(2.0 * columns, 2.3 * rows), squeeze=False)
+        figure, axes = plt.subplots(rows, columns, figsize=(2.0 * columns, 2.6 * rows), squeeze=False)
         for axis in axes.flat:
             axis.axis('off')
         for index, (image, prediction) in enumerate(zip(images, predictions)):

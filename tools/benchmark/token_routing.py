@@ -216,6 +216,7 @@ def main():
     finally:
         torch.set_num_threads(previous_threads)
     print_table(rows)
+    print(f'\nload average {os.getloadavg()[0]:.2f} at end (above the thread count means other processes competed)')
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({
