@@ -2,7 +2,7 @@
 
 Schemas are defined here, once. Importing :mod:`sparsevision._C` then
 registers the native CPU (and, when compiled in, CUDA) kernels for them. For
-every device the extension does not cover, the pure-PyTorch reference from
+CPU or CUDA, wherever the extension has no kernel for an op, the pure-PyTorch reference from
 :mod:`sparsevision.ops.reference` is registered instead and one warning says so.
 ``SPARSEVISION_DISABLE_EXTENSION=1`` forces the reference path everywhere.
 """
@@ -51,15 +51,19 @@ def _load_extension() -> ExtensionInfo:
 
 
 def _register_fallbacks(library: torch.library.Library, info: ExtensionInfo) -> None:
-    missing = [key for key, present in (('CPU', info.cpu_kernels), ('CUDA', info.cuda_kernels)) if not present]
+    """Register the reference of every op that has no native kernel for CPU or CUDA."""
+    missing_cuda = []
     for name in SCHEMAS:
-        for key in missing:
-            library.impl(name, getattr(reference, name), key)
+        for key in ('CPU', 'CUDA'):
+            if not torch._C._dispatch_has_kernel_for_dispatch_key(f'{LIBRARY_NAME}::{name}', key):
+                library.impl(name, getattr(reference, name), key)
+                if key == 'CUDA':
+                    missing_cuda.append(name)
     if not info.loaded:
-        warnings.warn(f'{info}; {BUILD_HINT}.', RuntimeWarning, stacklevel=3)
-    elif not info.cuda_kernels and torch.cuda.is_available():
-        warnings.warn('sparsevision._C was built without CUDA kernels, so ops on CUDA tensors use their '
-                      f'pure-PyTorch references; {BUILD_HINT}.', RuntimeWarning, stacklevel=3)
+        warnings.warn(f'{info}; {BUILD_HINT}.', RuntimeWarning, stacklevel=2)
+    elif missing_cuda and torch.cuda.is_available():
+        warnings.warn(f'sparsevision._C has no CUDA kernel for {", ".join(missing_cuda)}, so on CUDA tensors '
+                      f'these run their pure-PyTorch references; {BUILD_HINT}.', RuntimeWarning, stacklevel=2)
 
 
 _library = torch.library.Library(LIBRARY_NAME, 'DEF')

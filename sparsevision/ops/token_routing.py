@@ -22,8 +22,10 @@ def _check_arguments(tokens: torch.Tensor, index: torch.Tensor, num_tokens: int,
         raise ValueError(f'{op}: index must be int64 (torch.long), got {index.dtype}; convert it with index.long()')
     if index.device != tokens.device:
         raise ValueError(f'{op}: index is on {index.device} but tokens are on {tokens.device}')
+    if num_tokens < 0:
+        raise ValueError(f'{op}: num_tokens must be >= 0, got {num_tokens}')
     if index.numel() and not torch.compiler.is_compiling():
-        low, high = index.min().item(), index.max().item()
+        low, high = (value.item() for value in torch.aminmax(index))
         if low < 0 or high >= num_tokens:
             raise ValueError(f'{op}: index values must lie in [0, {num_tokens}), got range [{low}, {high}]')
 
@@ -64,8 +66,6 @@ def scatter_tokens(tokens: torch.Tensor, index: torch.Tensor, num_tokens: int) -
     if index.shape[1] != tokens.shape[1]:
         raise ValueError(f'scatter_tokens: index has {index.shape[1]} entries per sample '
                          f'but tokens have {tokens.shape[1]} rows')
-    if num_tokens < 0:
-        raise ValueError(f'scatter_tokens: num_tokens must be >= 0, got {num_tokens}')
     return _scatter(tokens, index, num_tokens)
 
 
