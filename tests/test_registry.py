@@ -1,4 +1,6 @@
 """The registries are children of mmengine's and resolve from other scopes and fresh processes."""
+import importlib
+
 import mmengine.registry as mmengine_registry
 import pytest
 from mmengine.registry import DefaultScope, Registry
@@ -15,6 +17,14 @@ def test_child_of_mmengine_root(name):
     child = getattr(registry, name)
     assert child.scope == 'sparsevision'
     assert child.parent is getattr(mmengine_registry, name)
+
+
+@pytest.mark.parametrize('name', REGISTRY_NAMES)
+def test_locations_are_importable_packages(name):
+    """mmengine imports these on first lookup; a missing one breaks every build from a clean checkout."""
+    for location in getattr(registry, name)._locations:
+        module = importlib.import_module(location)
+        assert module.__file__ is not None, f'{location} is a namespace package (empty folder?)'
 
 
 def test_build_from_fresh_process_that_imported_only_mmengine(python_process):

@@ -4,6 +4,8 @@ Every op is a ``torch.library`` custom op ``sparsevision::<name>`` with a
 fake implementation (``torch.compile`` traces it) and autograd where it has a
 gradient; :mod:`sparsevision.ops.reference` holds its pure-PyTorch definition.
 """
+from .kernel_map import (build_kernel_map, check_indices, downsample_indices, invert_kernel_map,
+                         submanifold_kernel_map)
 from .library import EXTENSION, ExtensionInfo
 from .token_routing import gather_tokens, scatter_tokens
 
@@ -13,4 +15,5 @@ def extension_info() -> ExtensionInfo:
     return EXTENSION
 
 
-__all__ = ['ExtensionInfo', 'extension_info', 'gather_tokens', 'scatter_tokens']
+__all__ = ['ExtensionInfo', 'build_kernel_map', 'check_indices', 'downsample_indices', 'extension_info',
+           'gather_tokens', 'invert_kernel_map', 'scatter_tokens', 'submanifold_kernel_map']

@@ -19,6 +19,10 @@ LIBRARY_NAME = 'sparsevision'
 SCHEMAS = {
     'gather_tokens': 'gather_tokens(Tensor tokens, Tensor index) -> Tensor',
     'scatter_tokens': 'scatter_tokens(Tensor tokens, Tensor index, SymInt num_tokens) -> Tensor',
+    'kernel_map': ('kernel_map(Tensor in_indices, Tensor out_indices, int[] spatial_shape, int[] kernel_size, '
+                   'int[] stride, int[] padding, int[] dilation) -> Tensor'),
+    'downsample_indices': ('downsample_indices(Tensor indices, int[] spatial_shape, int[] kernel_size, '
+                           'int[] stride, int[] padding, int[] dilation) -> Tensor'),
 }
 BUILD_HINT = ('build it with `make build` (or `pip install --no-build-isolation -e .` from the repository root; '
               'set CUDA_HOME for CUDA kernels)')

@@ -4,7 +4,11 @@ Each function here is the readable definition of an op: the native kernels in
 ``csrc/`` are tested against it, and it runs in their place when the extension
 ``sparsevision._C`` is not built.
 """
+from typing import List
+
 import torch
+
+from .coordinates import keys_to_coordinates, kernel_offsets, linear_keys, output_spatial_shape
 
 
 def gather_tokens(tokens: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -39,3 +43,71 @@ def scatter_tokens(tokens: torch.Tensor, index: torch.Tensor, num_tokens: int) -
     out = tokens.new_zeros(batch, num_tokens, channels, dtype=accumulate_dtype)
     out.scatter_add_(1, index.unsqueeze(-1).expand(-1, -1, channels), tokens.to(accumulate_dtype))
     return out.to(tokens.dtype)
+
+
+def kernel_map(in_indices: torch.Tensor, out_indices: torch.Tensor, spatial_shape: List[int],
+               kernel_size: List[int], stride: List[int], padding: List[int], dilation: List[int]) -> torch.Tensor:
+    """For every output site and kernel tap, the input row it reads (``-1`` where no input site is there).
+
+    Output site ``o`` reads, through tap ``k``, the input at
+    ``o * stride - padding + k * dilation`` (same batch), as in a dense
+    convolution. Submanifold convolution is the case ``out_indices = in_indices``,
+    stride 1, padding ``kernel // 2 * dilation``.
+
+    Args:
+        in_indices: ``[N, 1 + D]`` integer input coordinates (batch first), no duplicates.
+        out_indices: ``[M, 1 + D]`` integer output coordinates.
+        spatial_shape: the input grid, ``D`` sizes.
+        kernel_size, stride, padding, dilation: ``D`` values each.
+
+    Returns:
+        ``[M, K]`` int32 input row numbers, ``K = prod(kernel_size)`` taps, last axis fastest.
+    """
+    offsets = kernel_offsets(kernel_size, dilation, in_indices.device)
+    shape = torch.tensor(spatial_shape, device=in_indices.device)
+    sorted_keys, order = _sorted_unique_keys(in_indices, spatial_shape)
+    corner = out_indices[:, 1:].to(torch.int64) * torch.tensor(stride, device=shape.device) - torch.tensor(
+        padding, device=shape.device)
+    candidates = corner[:, None, :] + offsets[None]                       # [M, K, D]
+    inside = ((candidates >= 0) & (candidates < shape)).all(dim=-1)
+    keys = linear_keys(out_indices[:, :1].expand(-1, offsets.shape[0]), candidates, spatial_shape)
+    neighbors = torch.full(keys.shape, -1, dtype=torch.int32, device=keys.device)
+    if sorted_keys.numel():
+        position = torch.searchsorted(sorted_keys, keys).clamp(max=sorted_keys.numel() - 1)
+        found = inside & (sorted_keys[position] == keys)
+        neighbors[found] = order[position[found]].to(torch.int32)
+    return neighbors
+
+
+def downsample_indices(indices: torch.Tensor, spatial_shape: List[int], kernel_size: List[int], stride: List[int],
+                       padding: List[int], dilation: List[int]) -> torch.Tensor:
+    """The output sites of a strided sparse convolution: every site some input reaches, sorted.
+
+    Output ``o`` exists when an input ``p`` satisfies ``p = o * stride - padding + k * dilation``
+    for some tap ``k`` with ``o`` inside the output grid.
+
+    Returns:
+        ``[M, 1 + D]`` int32 output coordinates in row-major (batch, then axes) order.
+    """
+    _sorted_unique_keys(indices, spatial_shape)  # validates: no duplicates
+    out_shape = output_spatial_shape(spatial_shape, kernel_size, stride, padding, dilation)
+    offsets = kernel_offsets(kernel_size, dilation, indices.device)
+    step = torch.tensor(stride, device=indices.device)
+    numerator = indices[:, None, 1:].to(torch.int64) + torch.tensor(padding, device=step.device) - offsets[None]
+    outputs = torch.div(numerator, step, rounding_mode='floor')
+    valid = ((numerator % step == 0) & (outputs >= 0) & (outputs < torch.tensor(out_shape, device=step.device))
+             ).all(dim=-1)
+    batch = indices[:, :1].expand(-1, offsets.shape[0])
+    keys = torch.unique(linear_keys(batch[valid], outputs[valid], out_shape))
+    return keys_to_coordinates(keys, out_shape)
+
+
+def _sorted_unique_keys(indices: torch.Tensor, spatial_shape: List[int]):
+    keys = linear_keys(indices[:, 0], indices[:, 1:], spatial_shape)
+    sorted_keys, order = keys.sort()
+    repeated = (sorted_keys[1:] == sorted_keys[:-1]).nonzero()
+    if repeated.numel():
+        first = order[repeated[0, 0] + 1].item()
+        raise ValueError(f'duplicate coordinate {indices[first].tolist()} (row {first}); '
+                         'merge duplicate points first (e.g. voxelize with mean pooling)')
+    return sorted_keys, order

@@ -1,0 +1,184 @@
+// CPU kernels of sparsevision::kernel_map and sparsevision::downsample_indices.
+//
+// kernel_map: output site o reads, through tap k, the input at
+// o * stride - padding + k * dilation. Inputs are sorted by linear key once;
+// outputs are visited in sorted order, so for a fixed tap the candidate keys
+// of in-range candidates increase too and one forward-moving cursor over the
+// sorted inputs finds them all (a merge, no hashing). Work is split into
+// (tap, block of outputs) tasks, each writing its own entries, so the result
+// does not depend on the thread count.
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <numeric>
+#include <vector>
+
+#include "../coordinates.h"
+
+namespace sparsevision {
+namespace {
+
+constexpr int64_t kOutputBlock = 2048;
+
+// Linear keys of all rows and the row order that sorts them. Raises on out-of-grid rows and duplicates.
+struct SortedCoordinates {
+  std::vector<int64_t> keys;   // sorted
+  std::vector<int64_t> order;  // order[i] = row holding keys[i]
+
+  SortedCoordinates(const at::Tensor& indices, const int64_t* shape, int dims, const char* name) {
+    const int64_t rows = indices.size(0);
+    const int32_t* data = indices.data_ptr<int32_t>();
+    std::vector<int64_t> unsorted(rows);
+    at::parallel_for(0, rows, 8192, [&](int64_t begin, int64_t end) {
+      int64_t coordinates[kMaxDims];
+      for (int64_t row = begin; row < end; ++row) {
+        const int32_t* entry = data + row * (dims + 1);
+        bool inside = entry[0] >= 0;
+        for (int axis = 0; axis < dims; ++axis) {
+          coordinates[axis] = entry[axis + 1];
+          inside = inside && coordinates[axis] >= 0 && coordinates[axis] < shape[axis];
+        }
+        unsorted[row] = inside ? linear_key(entry[0], coordinates, shape, dims) : -1;
+      }
+    });
+    for (int64_t row = 0; row < rows; ++row) {
+      TORCH_CHECK_VALUE(unsorted[row] >= 0, name, " row ", row, " lies outside the grid (negative batch or a ",
+                        "coordinate outside spatial_shape)");
+    }
+    order.resize(rows);
+    std::iota(order.begin(), order.end(), 0);
+    if (!std::is_sorted(unsorted.begin(), unsorted.end())) {
+      std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return unsorted[a] < unsorted[b]; });
+    }
+    keys.resize(rows);
+    for (int64_t i = 0; i < rows; ++i) keys[i] = unsorted[order[i]];
+    for (int64_t i = 1; i < rows; ++i) {
+      TORCH_CHECK_VALUE(keys[i] != keys[i - 1], name, " has duplicate coordinates (rows ", order[i - 1], " and ",
+                        order[i], "); merge duplicate points first (e.g. voxelize with mean pooling)");
+    }
+  }
+};
+
+at::Tensor kernel_map_cpu(const at::Tensor& in_indices_in, const at::Tensor& out_indices_in,
+                          at::IntArrayRef spatial_shape, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                          at::IntArrayRef padding, at::IntArrayRef dilation) {
+  const ConvolutionGeometry geometry(spatial_shape, kernel_size, stride, padding, dilation);
+  const int dims = geometry.dims;
+  check_coordinate_tensor(in_indices_in, dims, "kernel_map: in_indices");
+  check_coordinate_tensor(out_indices_in, dims, "kernel_map: out_indices");
+  const at::Tensor in_indices = in_indices_in.contiguous();
+  const at::Tensor out_indices = out_indices_in.contiguous();
+  const int64_t outputs = out_indices.size(0);
+  const int64_t taps = geometry.taps;
+  at::Tensor neighbors = at::full({outputs, taps}, -1, out_indices.options());
+  if (outputs == 0 || in_indices.size(0) == 0) return neighbors;
+
+  const SortedCoordinates inputs(in_indices, geometry.shape, dims, "kernel_map: in_indices");
+  // Visit outputs in lexicographic order; their own grid only needs to bound the coordinates.
+  int64_t out_bounds[kMaxDims];
+  const int32_t* out_data = out_indices.data_ptr<int32_t>();
+  for (int axis = 0; axis < dims; ++axis) {
+    int64_t largest = 0;
+    for (int64_t row = 0; row < outputs; ++row) largest = std::max<int64_t>(largest, out_data[row * (dims + 1) + axis + 1]);
+    out_bounds[axis] = largest + 1;
+  }
+  const SortedCoordinates sorted_outputs(out_indices, out_bounds, dims, "kernel_map: out_indices");
+
+  int32_t* result = neighbors.data_ptr<int32_t>();
+  const int64_t blocks = (outputs + kOutputBlock - 1) / kOutputBlock;
+  const int64_t* in_keys = inputs.keys.data();
+  const int64_t in_count = static_cast<int64_t>(inputs.keys.size());
+  at::parallel_for(0, taps * blocks, 1, [&](int64_t begin, int64_t end) {
+    int64_t tap_index[kMaxDims], candidate[kMaxDims];
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t tap = task / blocks;
+      const int64_t first = (task % blocks) * kOutputBlock;
+      const int64_t last = std::min(outputs, first + kOutputBlock);
+      geometry.tap_index(tap, tap_index);
+      int64_t cursor = -1;
+      for (int64_t position = first; position < last; ++position) {
+        const int64_t row = sorted_outputs.order[position];
+        const int32_t* site = out_data + row * (dims + 1);
+        bool inside = true;
+        for (int axis = 0; axis < dims; ++axis) {
+          candidate[axis] = site[axis + 1] * geometry.stride[axis] - geometry.padding[axis] +
+                            tap_index[axis] * geometry.dilation[axis];
+          inside = inside && candidate[axis] >= 0 && candidate[axis] < geometry.shape[axis];
+        }
+        if (!inside) continue;
+        const int64_t key = linear_key(site[0], candidate, geometry.shape, dims);
+        if (cursor < 0) {
+          cursor = std::lower_bound(in_keys, in_keys + in_count, key) - in_keys;
+        } else {
+          while (cursor < in_count && in_keys[cursor] < key) ++cursor;
+        }
+        if (cursor < in_count && in_keys[cursor] == key) {
+          result[row * taps + tap] = static_cast<int32_t>(inputs.order[cursor]);
+        }
+      }
+    }
+  });
+  return neighbors;
+}
+
+at::Tensor downsample_indices_cpu(const at::Tensor& indices_in, at::IntArrayRef spatial_shape,
+                                  at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
+                                  at::IntArrayRef dilation) {
+  const ConvolutionGeometry geometry(spatial_shape, kernel_size, stride, padding, dilation);
+  const int dims = geometry.dims;
+  check_coordinate_tensor(indices_in, dims, "downsample_indices: indices");
+  const at::Tensor indices = indices_in.contiguous();
+  const SortedCoordinates inputs(indices, geometry.shape, dims, "downsample_indices: indices");
+  int64_t out_shape[kMaxDims];
+  for (int axis = 0; axis < dims; ++axis) {
+    out_shape[axis] = (geometry.shape[axis] + 2 * geometry.padding[axis] -
+                       geometry.dilation[axis] * (geometry.kernel[axis] - 1) - 1) / geometry.stride[axis] + 1;
+    TORCH_CHECK_VALUE(out_shape[axis] > 0, "downsample_indices: the kernel does not fit the grid on axis ", axis);
+  }
+  const int64_t rows = indices.size(0), taps = geometry.taps;
+  std::vector<int64_t> candidates(rows * taps);
+  const int32_t* data = indices.data_ptr<int32_t>();
+  at::parallel_for(0, rows, 4096, [&](int64_t begin, int64_t end) {
+    int64_t tap_index[kMaxDims], output[kMaxDims];
+    for (int64_t row = begin; row < end; ++row) {
+      const int32_t* site = data + row * (dims + 1);
+      for (int64_t tap = 0; tap < taps; ++tap) {
+        geometry.tap_index(tap, tap_index);
+        bool reachable = true;
+        for (int axis = 0; axis < dims && reachable; ++axis) {
+          const int64_t numerator = site[axis + 1] + geometry.padding[axis] - tap_index[axis] * geometry.dilation[axis];
+          output[axis] = numerator / geometry.stride[axis];
+          reachable = numerator >= 0 && numerator % geometry.stride[axis] == 0 && output[axis] < out_shape[axis];
+        }
+        candidates[row * taps + tap] = reachable ? linear_key(site[0], output, out_shape, dims) : -1;
+      }
+    }
+  });
+  candidates.erase(std::remove(candidates.begin(), candidates.end(), -1), candidates.end());
+  std::sort(candidates.begin(), candidates.end());
+  candidates.erase(std::unique(candidates.begin(), candidates.end()), candidates.end());
+  const int64_t outputs = static_cast<int64_t>(candidates.size());
+  at::Tensor result = at::empty({outputs, dims + 1}, indices.options());
+  int32_t* out = result.data_ptr<int32_t>();
+  at::parallel_for(0, outputs, 8192, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      int64_t key = candidates[row];
+      for (int axis = dims - 1; axis >= 0; --axis) {
+        out[row * (dims + 1) + axis + 1] = static_cast<int32_t>(key % out_shape[axis]);
+        key /= out_shape[axis];
+      }
+      out[row * (dims + 1)] = static_cast<int32_t>(key);
+    }
+  });
+  return result;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(sparsevision, CPU, m) {
+  m.impl("kernel_map", &kernel_map_cpu);
+  m.impl("downsample_indices", &downsample_indices_cpu);
+}
+
+}  // namespace sparsevision
