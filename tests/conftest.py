@@ -1,12 +1,16 @@
-"""Shared test fixtures: the repository root and a subprocess runner with the package importable."""
+"""Shared test fixtures: repository root, subprocess runner, voxelised real meshes."""
+import functools
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+MESHES = REPO_ROOT.parent / 'shared' / 'data' / 'meshes'  # real meshes beside the checkout (tests only)
 
 
 @pytest.fixture(scope='session')
@@ -25,3 +29,37 @@ def run_python(args, cwd=None, env=None, timeout=600) -> subprocess.CompletedPro
 def python_process():
     """The :func:`run_python` helper, as a fixture."""
     return run_python
+
+
+@functools.cache
+def voxelised_mesh(name: str, resolution: int, points: int = 200_000):
+    """Sites ``[N, 4]`` int32 (batch 0, z, y, x) and spatial shape of a real mesh's surface.
+
+    Area-weighted random surface samples (seed 0), scaled so the longest side
+    spans ``resolution`` voxels.
+    """
+    import open3d
+
+    mesh = open3d.io.read_triangle_mesh(str(MESHES / name))
+    corners = np.asarray(mesh.vertices)[np.asarray(mesh.triangles)]
+    areas = np.linalg.norm(np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]), axis=1)
+    rng = np.random.default_rng(0)
+    chosen = rng.choice(len(corners), points, p=areas / areas.sum())
+    u, v = rng.random((2, points, 1))
+    flip = (u + v) > 1
+    u, v = np.where(flip, 1 - u, u), np.where(flip, 1 - v, v)
+    picked = corners[chosen]
+    samples = picked[:, 0] + u * (picked[:, 1] - picked[:, 0]) + v * (picked[:, 2] - picked[:, 0])
+    samples -= samples.min(axis=0)
+    voxels = np.unique(np.floor(samples / (samples.max() / resolution)).astype(np.int32), axis=0)
+    sites = np.concatenate([np.zeros((len(voxels), 1), np.int32), voxels[:, ::-1]], axis=1)
+    return torch.from_numpy(np.ascontiguousarray(sites)), (voxels.max(axis=0)[::-1] + 1).tolist()
+
+
+@pytest.fixture(scope='session')
+def mesh_sites():
+    """:func:`voxelised_mesh`; skips when the shared meshes are not beside the checkout."""
+    if not MESHES.is_dir():
+        pytest.skip(f'real meshes not found at {MESHES}')
+    pytest.importorskip('open3d')
+    return voxelised_mesh

@@ -5,13 +5,15 @@
 // outputs are visited in sorted order, so for a fixed tap the candidate keys
 // of in-range candidates increase too and one forward-moving cursor over the
 // sorted inputs finds them all (a merge, no hashing). Work is split into
-// (tap, block of outputs) tasks, each writing its own entries, so the result
-// does not depend on the thread count.
+// blocks of sorted outputs, each with one cursor per tap and writing only its
+// own rows, so the result does not depend on the thread count.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <numeric>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "../coordinates.h"
@@ -47,12 +49,16 @@ struct SortedCoordinates {
                         "coordinate outside spatial_shape)");
     }
     order.resize(rows);
-    std::iota(order.begin(), order.end(), 0);
-    if (!std::is_sorted(unsorted.begin(), unsorted.end())) {
-      std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return unsorted[a] < unsorted[b]; });
-    }
     keys.resize(rows);
-    for (int64_t i = 0; i < rows; ++i) keys[i] = unsorted[order[i]];
+    if (std::is_sorted(unsorted.begin(), unsorted.end())) {
+      std::iota(order.begin(), order.end(), 0);
+      keys = std::move(unsorted);
+    } else {
+      std::vector<std::pair<int64_t, int64_t>> pairs(rows);
+      for (int64_t row = 0; row < rows; ++row) pairs[row] = {unsorted[row], row};
+      std::sort(pairs.begin(), pairs.end());
+      for (int64_t i = 0; i < rows; ++i) std::tie(keys[i], order[i]) = pairs[i];
+    }
     for (int64_t i = 1; i < rows; ++i) {
       TORCH_CHECK_VALUE(keys[i] != keys[i - 1], name, " has duplicate coordinates (rows ", order[i - 1], " and ",
                         order[i], "); merge duplicate points first (e.g. voxelize with mean pooling)");
@@ -76,45 +82,51 @@ at::Tensor kernel_map_cpu(const at::Tensor& in_indices_in, const at::Tensor& out
 
   const SortedCoordinates inputs(in_indices, geometry.shape, dims, "kernel_map: in_indices");
   // Visit outputs in lexicographic order; their own grid only needs to bound the coordinates.
-  int64_t out_bounds[kMaxDims];
   const int32_t* out_data = out_indices.data_ptr<int32_t>();
+  int64_t out_bounds[kMaxDims];
   for (int axis = 0; axis < dims; ++axis) {
     int64_t largest = 0;
-    for (int64_t row = 0; row < outputs; ++row) largest = std::max<int64_t>(largest, out_data[row * (dims + 1) + axis + 1]);
+    for (int64_t row = 0; row < outputs; ++row) {
+      largest = std::max<int64_t>(largest, out_data[row * (dims + 1) + axis + 1]);
+    }
     out_bounds[axis] = largest + 1;
   }
-  const SortedCoordinates sorted_outputs(out_indices, out_bounds, dims, "kernel_map: out_indices");
+  const bool same_sites = in_indices.data_ptr() == out_indices.data_ptr() && in_indices.size(0) == outputs;
+  const SortedCoordinates sorted_outputs =
+      same_sites ? inputs : SortedCoordinates(out_indices, out_bounds, dims, "kernel_map: out_indices");
 
+  std::vector<int64_t> tap_offsets(taps * dims);
+  for (int64_t tap = 0; tap < taps; ++tap) geometry.tap_index(tap, &tap_offsets[tap * dims]);
   int32_t* result = neighbors.data_ptr<int32_t>();
-  const int64_t blocks = (outputs + kOutputBlock - 1) / kOutputBlock;
   const int64_t* in_keys = inputs.keys.data();
   const int64_t in_count = static_cast<int64_t>(inputs.keys.size());
-  at::parallel_for(0, taps * blocks, 1, [&](int64_t begin, int64_t end) {
-    int64_t tap_index[kMaxDims], candidate[kMaxDims];
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t tap = task / blocks;
-      const int64_t first = (task % blocks) * kOutputBlock;
-      const int64_t last = std::min(outputs, first + kOutputBlock);
-      geometry.tap_index(tap, tap_index);
-      int64_t cursor = -1;
-      for (int64_t position = first; position < last; ++position) {
+  const int64_t blocks = (outputs + kOutputBlock - 1) / kOutputBlock;
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<int64_t> cursor(taps);
+    int64_t candidate[kMaxDims];
+    for (int64_t block = begin; block < end; ++block) {
+      std::fill(cursor.begin(), cursor.end(), -1);
+      const int64_t last = std::min(outputs, (block + 1) * kOutputBlock);
+      for (int64_t position = block * kOutputBlock; position < last; ++position) {
         const int64_t row = sorted_outputs.order[position];
         const int32_t* site = out_data + row * (dims + 1);
-        bool inside = true;
-        for (int axis = 0; axis < dims; ++axis) {
-          candidate[axis] = site[axis + 1] * geometry.stride[axis] - geometry.padding[axis] +
-                            tap_index[axis] * geometry.dilation[axis];
-          inside = inside && candidate[axis] >= 0 && candidate[axis] < geometry.shape[axis];
-        }
-        if (!inside) continue;
-        const int64_t key = linear_key(site[0], candidate, geometry.shape, dims);
-        if (cursor < 0) {
-          cursor = std::lower_bound(in_keys, in_keys + in_count, key) - in_keys;
-        } else {
-          while (cursor < in_count && in_keys[cursor] < key) ++cursor;
-        }
-        if (cursor < in_count && in_keys[cursor] == key) {
-          result[row * taps + tap] = static_cast<int32_t>(inputs.order[cursor]);
+        int32_t* row_result = result + row * taps;
+        for (int64_t tap = 0; tap < taps; ++tap) {
+          bool inside = true;
+          for (int axis = 0; axis < dims; ++axis) {
+            candidate[axis] = site[axis + 1] * geometry.stride[axis] - geometry.padding[axis] +
+                              tap_offsets[tap * dims + axis] * geometry.dilation[axis];
+            inside = inside && candidate[axis] >= 0 && candidate[axis] < geometry.shape[axis];
+          }
+          if (!inside) continue;
+          const int64_t key = linear_key(site[0], candidate, geometry.shape, dims);
+          int64_t& at = cursor[tap];
+          if (at < 0) {
+            at = std::lower_bound(in_keys, in_keys + in_count, key) - in_keys;
+          } else {
+            while (at < in_count && in_keys[at] < key) ++at;
+          }
+          if (at < in_count && in_keys[at] == key) row_result[tap] = static_cast<int32_t>(inputs.order[at]);
         }
       }
     }

@@ -7,6 +7,7 @@ gradient; :mod:`sparsevision.ops.reference` holds its pure-PyTorch definition.
 from .kernel_map import (build_kernel_map, check_indices, downsample_indices, invert_kernel_map,
                          submanifold_kernel_map)
 from .library import EXTENSION, ExtensionInfo
+from .sparse_conv import sparse_conv, transpose_weight
 from .token_routing import gather_tokens, scatter_tokens
 
 
@@ -16,4 +17,5 @@ def extension_info() -> ExtensionInfo:
 
 
 __all__ = ['ExtensionInfo', 'build_kernel_map', 'check_indices', 'downsample_indices', 'extension_info',
-           'gather_tokens', 'invert_kernel_map', 'scatter_tokens', 'submanifold_kernel_map']
+           'gather_tokens', 'invert_kernel_map', 'scatter_tokens', 'sparse_conv', 'submanifold_kernel_map',
+           'transpose_weight']

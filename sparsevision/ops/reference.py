@@ -111,3 +111,43 @@ def _sorted_unique_keys(indices: torch.Tensor, spatial_shape: List[int]):
         raise ValueError(f'duplicate coordinate {indices[first].tolist()} (row {first}); '
                          'merge duplicate points first (e.g. voxelize with mean pooling)')
     return sorted_keys, order
+
+
+def sparse_conv(features: torch.Tensor, weight: torch.Tensor, neighbors: torch.Tensor,
+                inverse_neighbors: torch.Tensor, groups: int) -> torch.Tensor:
+    """Sparse convolution over a kernel map: ``out[m] = sum_k features[neighbors[m, k]] @ weight[k]`` (per group).
+
+    Args:
+        features: ``[N, C_in]`` input features.
+        weight: ``[K, C_in / groups, C_out]``; output channel ``o`` reads the input channels of its group.
+        neighbors: ``[M, K]`` int32 kernel map (``-1`` = no input).
+        inverse_neighbors: ``[N, K]`` the transposed map; used only by the backward pass.
+        groups: channel groups (``C_in`` for depthwise).
+
+    Returns:
+        ``[M, C_out]``.
+    """
+    taps, in_per_group, out_channels = weight.shape
+    accumulate = torch.float32 if features.dtype in (torch.float16, torch.bfloat16) else features.dtype
+    grouped_weight = weight.to(accumulate).reshape(taps, in_per_group, groups, out_channels // groups)
+    out = features.new_zeros(neighbors.shape[0], out_channels, dtype=accumulate)
+    for tap in range(taps):
+        rows = (neighbors[:, tap] >= 0).nonzero().flatten()
+        gathered = features[neighbors[rows, tap].long()].to(accumulate).reshape(-1, groups, in_per_group)
+        out[rows] += torch.einsum('pgi,igo->pgo', gathered, grouped_weight[tap]).reshape(-1, out_channels)
+    return out.to(features.dtype)
+
+
+def sparse_conv_weight_grad(features: torch.Tensor, grad_output: torch.Tensor, neighbors: torch.Tensor,
+                            groups: int) -> torch.Tensor:
+    """Gradient of :func:`sparse_conv` with respect to ``weight``: ``[K, C_in / groups, C_out]``."""
+    taps = neighbors.shape[1]
+    in_per_group, out_channels = features.shape[1] // groups, grad_output.shape[1]
+    accumulate = torch.float32 if features.dtype in (torch.float16, torch.bfloat16) else features.dtype
+    grad = features.new_zeros(taps, in_per_group, groups, out_channels // groups, dtype=accumulate)
+    for tap in range(taps):
+        rows = (neighbors[:, tap] >= 0).nonzero().flatten()
+        gathered = features[neighbors[rows, tap].long()].to(accumulate).reshape(-1, groups, in_per_group)
+        outputs = grad_output[rows].to(accumulate).reshape(-1, groups, out_channels // groups)
+        grad[tap] = torch.einsum('pgi,pgo->igo', gathered, outputs)
+    return grad.reshape(taps, in_per_group, out_channels).to(features.dtype)

@@ -1,6 +1,4 @@
 """Kernel-map ops against the reference, spconv's rulebooks on real meshes, and bad input."""
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -10,8 +8,6 @@ from hypothesis import strategies as st
 import sparsevision.ops as ops
 from sparsevision.ops import reference
 from sparsevision.ops.coordinates import keys_to_coordinates
-
-MESHES = Path(__file__).resolve().parents[3] / 'shared' / 'data' / 'meshes'
 
 
 def random_sites(count, spatial_shape, batch_size, seed=0):
@@ -178,35 +174,14 @@ def test_opcheck():
                           test_utils=('test_schema', 'test_autograd_registration'))
 
 
-def _mesh_voxels(name, resolution):
-    open3d = pytest.importorskip('open3d')
-    mesh = open3d.io.read_triangle_mesh(str(MESHES / name))
-    points = np.asarray(mesh.vertices)
-    triangles = np.asarray(mesh.triangles)
-    rng = np.random.default_rng(0)   # area-weighted surface sampling, deterministic
-    corners = points[triangles]
-    areas = np.linalg.norm(np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]), axis=1)
-    chosen = rng.choice(len(triangles), 200_000, p=areas / areas.sum())
-    u, v = rng.random((2, len(chosen), 1))
-    flip = (u + v) > 1
-    u, v = np.where(flip, 1 - u, u), np.where(flip, 1 - v, v)
-    samples = corners[chosen, 0] + u * (corners[chosen, 1] - corners[chosen, 0]) + v * (
-        corners[chosen, 2] - corners[chosen, 0])
-    samples -= samples.min(axis=0)
-    voxels = np.unique(np.floor(samples / (samples.max() / resolution)).astype(np.int32), axis=0)
-    sites = np.concatenate([np.zeros((len(voxels), 1), np.int32), voxels[:, ::-1]], axis=1)
-    return torch.from_numpy(np.ascontiguousarray(sites)), (voxels.max(axis=0)[::-1] + 1).tolist()
-
-
-@pytest.mark.skipif(not MESHES.is_dir(), reason='shared meshes not present')
 @pytest.mark.parametrize('mesh', ['bunny10k.obj', 'airplane.obj'])
 @pytest.mark.parametrize('resolution', [64, 160])
-def test_spconv_rulebook_parity_on_real_meshes(mesh, resolution):
+def test_spconv_rulebook_parity_on_real_meshes(mesh_sites, mesh, resolution):
     """Our maps hold exactly spconv's (input, output) pairs per tap; spconv as oracle at 1 thread."""
     spconv_ops = pytest.importorskip('spconv.pytorch.ops')
     from spconv.core import ConvAlgo
 
-    sites, shape = _mesh_voxels(mesh, resolution)
+    sites, shape = mesh_sites(mesh, resolution)
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -1,0 +1,239 @@
+// CPU kernels of sparsevision::sparse_conv and sparsevision::sparse_conv_weight_grad.
+//
+// sparse_conv (output-stationary): out[m, o] = sum over taps k (in order) and
+//   input channels i of o's group (in order) of features[neighbors[m, k], i] * weight[k, i_local, o].
+// Every output row is summed by one thread in that fixed order, so results are
+// bitwise identical at any thread count. Rows are processed in blocks; inside a
+// block the rows that have tap k are handled four at a time, so each weight row
+// loaded from cache feeds four accumulators.
+//
+// sparse_conv_weight_grad: grad_weight[k, i_local, o] = sum over m (in order) of
+//   features[neighbors[m, k], i] * grad_output[m, o]; one task per (tap, input-channel block).
+//
+// The input gradient is sparse_conv itself, on the inverse map with the
+// transposed weight (see sparsevision/ops/sparse_conv.py). Half and bfloat16
+// accumulate in float32.
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+namespace sparsevision {
+namespace {
+
+constexpr int64_t kRowBlock = 32;
+constexpr int kRowsAtOnce = 4;
+constexpr int64_t kChannelBlock = 16;
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define SV_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define SV_VECTOR_CLONES
+#endif
+
+struct ConvShape {
+  int64_t outputs, taps, in_channels, out_channels, groups, in_per_group, out_per_group;
+};
+
+// acc[r][o] += sum_i x_r[group(o) * in_per_group + i] * w[i, o] for up to four rows r.
+template <typename acc_t>
+inline __attribute__((always_inline)) void accumulate_rows(const acc_t* const* x, int rows, const acc_t* w,
+                                                           acc_t* const* acc, const ConvShape& shape) {
+  for (int64_t g = 0; g < shape.groups; ++g) {
+    const int64_t o0 = g * shape.out_per_group, o1 = o0 + shape.out_per_group;
+    const int64_t i0 = g * shape.in_per_group;
+    for (int64_t i = 0; i < shape.in_per_group; ++i) {
+      const acc_t* w_row = w + i * shape.out_channels;
+      if (rows == kRowsAtOnce) {
+        const acc_t v0 = x[0][i0 + i], v1 = x[1][i0 + i], v2 = x[2][i0 + i], v3 = x[3][i0 + i];
+        acc_t *a0 = acc[0], *a1 = acc[1], *a2 = acc[2], *a3 = acc[3];
+        for (int64_t o = o0; o < o1; ++o) {
+          const acc_t wv = w_row[o];
+          a0[o] += v0 * wv;
+          a1[o] += v1 * wv;
+          a2[o] += v2 * wv;
+          a3[o] += v3 * wv;
+        }
+      } else {
+        for (int r = 0; r < rows; ++r) {
+          const acc_t v = x[r][i0 + i];
+          acc_t* a = acc[r];
+          for (int64_t o = o0; o < o1; ++o) a[o] += v * w_row[o];
+        }
+      }
+    }
+  }
+}
+
+// One block of output rows [first, last): accumulators in `acc` ([block, out_channels]).
+// `convert_row` turns an input row into acc_t (identity for float/double).
+template <typename scalar_t, typename acc_t>
+inline __attribute__((always_inline)) void convolve_block(const scalar_t* features, const acc_t* weight,
+                                                          const int32_t* neighbors, scalar_t* out,
+                                                          const ConvShape& shape, int64_t first, int64_t last,
+                                                          acc_t* acc, acc_t* converted) {
+  const int64_t rows = last - first;
+  std::fill(acc, acc + rows * shape.out_channels, acc_t(0));
+  int64_t present[kRowBlock];
+  for (int64_t k = 0; k < shape.taps; ++k) {
+    int count = 0;
+    for (int64_t r = 0; r < rows; ++r) {
+      if (neighbors[(first + r) * shape.taps + k] >= 0) present[count++] = r;
+    }
+    const acc_t* w = weight + k * shape.in_per_group * shape.out_channels;
+    for (int start = 0; start < count; start += kRowsAtOnce) {
+      const int batch = std::min(kRowsAtOnce, count - start);
+      const acc_t* x[kRowsAtOnce];
+      acc_t* a[kRowsAtOnce];
+      for (int r = 0; r < batch; ++r) {
+        const int64_t row = present[start + r];
+        const scalar_t* source = features + int64_t(neighbors[(first + row) * shape.taps + k]) * shape.in_channels;
+        if constexpr (std::is_same_v<scalar_t, acc_t>) {
+          x[r] = source;
+        } else {
+          acc_t* buffer = converted + r * shape.in_channels;
+          for (int64_t i = 0; i < shape.in_channels; ++i) buffer[i] = static_cast<acc_t>(source[i]);
+          x[r] = buffer;
+        }
+        a[r] = acc + row * shape.out_channels;
+      }
+      accumulate_rows<acc_t>(x, batch, w, a, shape);
+    }
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t o = 0; o < shape.out_channels; ++o) {
+      out[(first + r) * shape.out_channels + o] = static_cast<scalar_t>(acc[r * shape.out_channels + o]);
+    }
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+SV_VECTOR_CLONES void convolve_range(const scalar_t* features, const acc_t* weight, const int32_t* neighbors,
+                                     scalar_t* out, const ConvShape* shape, int64_t begin, int64_t end) {
+  std::vector<acc_t> acc(kRowBlock * shape->out_channels);
+  std::vector<acc_t> converted(kRowsAtOnce * shape->in_channels);
+  for (int64_t first = begin * kRowBlock; first < std::min(shape->outputs, end * kRowBlock); first += kRowBlock) {
+    convolve_block<scalar_t, acc_t>(features, weight, neighbors, out, *shape, first,
+                                    std::min(shape->outputs, first + kRowBlock), acc.data(), converted.data());
+  }
+}
+
+void check_conv_arguments(const at::Tensor& features, const at::Tensor& weight, const at::Tensor& neighbors,
+                          int64_t groups) {
+  TORCH_CHECK_VALUE(features.dim() == 2, "sparse_conv: features must be [N, C], got ", features.sizes());
+  TORCH_CHECK_VALUE(weight.dim() == 3, "sparse_conv: weight must be [taps, in/groups, out], got ", weight.sizes());
+  TORCH_CHECK_VALUE(neighbors.dim() == 2 && neighbors.scalar_type() == at::kInt,
+                    "sparse_conv: neighbors must be an int32 [M, taps] kernel map");
+  TORCH_CHECK_VALUE(neighbors.size(1) == weight.size(0), "sparse_conv: kernel map has ", neighbors.size(1),
+                    " taps but weight has ", weight.size(0));
+  TORCH_CHECK_VALUE(groups >= 1 && features.size(1) % groups == 0 && weight.size(2) % groups == 0,
+                    "sparse_conv: channels must divide into ", groups, " groups");
+  TORCH_CHECK_VALUE(weight.size(1) * groups == features.size(1), "sparse_conv: features have ", features.size(1),
+                    " channels but weight expects ", weight.size(1) * groups);
+  TORCH_CHECK_VALUE(features.scalar_type() == weight.scalar_type(), "sparse_conv: features are ",
+                    features.scalar_type(), " but weight is ", weight.scalar_type());
+}
+
+ConvShape conv_shape(const at::Tensor& features, const at::Tensor& weight, const at::Tensor& neighbors,
+                     int64_t groups) {
+  return ConvShape{neighbors.size(0), neighbors.size(1), features.size(1), weight.size(2), groups,
+                   weight.size(1), weight.size(2) / groups};
+}
+
+void check_neighbor_range(const at::Tensor& neighbors, int64_t rows, const char* op) {
+  const int32_t* data = neighbors.data_ptr<int32_t>();
+  const int64_t count = neighbors.numel();
+  bool valid = true;
+  for (int64_t i = 0; i < count; ++i) valid &= data[i] >= -1 && data[i] < rows;
+  TORCH_CHECK_VALUE(valid, op, ": kernel map entries must be -1 or rows of features (< ", rows, ")");
+}
+
+at::Tensor sparse_conv_cpu(const at::Tensor& features_in, const at::Tensor& weight_in,
+                           const at::Tensor& neighbors_in, const at::Tensor& inverse_neighbors, int64_t groups) {
+  check_conv_arguments(features_in, weight_in, neighbors_in, groups);
+  const at::Tensor features = features_in.contiguous();
+  const at::Tensor neighbors = neighbors_in.contiguous();
+  check_neighbor_range(neighbors, features.size(0), "sparse_conv");
+  const ConvShape shape = conv_shape(features, weight_in, neighbors, groups);
+  at::Tensor out = at::empty({shape.outputs, shape.out_channels}, features.options());
+  if (out.numel() == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, features.scalar_type(), "sparse_conv_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const at::Tensor weight = weight_in.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
+    const int64_t blocks = (shape.outputs + kRowBlock - 1) / kRowBlock;
+    at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+      convolve_range<scalar_t, acc_t>(features.data_ptr<scalar_t>(), weight.data_ptr<acc_t>(),
+                                      neighbors.data_ptr<int32_t>(), out.data_ptr<scalar_t>(), &shape, begin, end);
+    });
+  });
+  return out;
+}
+
+template <typename scalar_t, typename acc_t>
+SV_VECTOR_CLONES void weight_grad_range(const scalar_t* features, const scalar_t* grad_output,
+                                        const int32_t* neighbors, acc_t* grad_weight, const ConvShape* shape,
+                                        int64_t channel_blocks, int64_t begin, int64_t end) {
+  for (int64_t task = begin; task < end; ++task) {
+    const int64_t k = task / channel_blocks;
+    const int64_t i_begin = (task % channel_blocks) * kChannelBlock;
+    const int64_t i_end = std::min(shape->in_per_group, i_begin + kChannelBlock);
+    acc_t* dw = grad_weight + k * shape->in_per_group * shape->out_channels;
+    for (int64_t m = 0; m < shape->outputs; ++m) {
+      const int32_t n = neighbors[m * shape->taps + k];
+      if (n < 0) continue;
+      const scalar_t* x = features + int64_t(n) * shape->in_channels;
+      const scalar_t* dy = grad_output + m * shape->out_channels;
+      for (int64_t g = 0; g < shape->groups; ++g) {
+        const int64_t o0 = g * shape->out_per_group, o1 = o0 + shape->out_per_group;
+        for (int64_t i = i_begin; i < i_end; ++i) {
+          const acc_t v = static_cast<acc_t>(x[g * shape->in_per_group + i]);
+          acc_t* row = dw + i * shape->out_channels;
+          for (int64_t o = o0; o < o1; ++o) row[o] += v * static_cast<acc_t>(dy[o]);
+        }
+      }
+    }
+  }
+}
+
+at::Tensor sparse_conv_weight_grad_cpu(const at::Tensor& features_in, const at::Tensor& grad_output_in,
+                                       const at::Tensor& neighbors_in, int64_t groups) {
+  TORCH_CHECK_VALUE(grad_output_in.dim() == 2 && grad_output_in.size(0) == neighbors_in.size(0),
+                    "sparse_conv_weight_grad: grad_output must be [M, out] with M = kernel map rows");
+  TORCH_CHECK_VALUE(features_in.size(1) % groups == 0 && grad_output_in.size(1) % groups == 0,
+                    "sparse_conv_weight_grad: channels must divide into ", groups, " groups");
+  const at::Tensor features = features_in.contiguous();
+  const at::Tensor grad_output = grad_output_in.to(features.scalar_type()).contiguous();
+  const at::Tensor neighbors = neighbors_in.contiguous();
+  check_neighbor_range(neighbors, features.size(0), "sparse_conv_weight_grad");
+  const int64_t taps = neighbors.size(1), in_per_group = features.size(1) / groups;
+  const ConvShape shape{neighbors.size(0), taps, features.size(1), grad_output.size(1), groups, in_per_group,
+                        grad_output.size(1) / groups};
+  at::Tensor result;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, features.scalar_type(), "sparse_conv_wgrad_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    at::Tensor grad_weight = at::zeros({taps, in_per_group, shape.out_channels},
+                                       features.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+    const int64_t channel_blocks = std::max<int64_t>(1, (in_per_group + kChannelBlock - 1) / kChannelBlock);
+    if (in_per_group > 0) {
+      at::parallel_for(0, taps * channel_blocks, 1, [&](int64_t begin, int64_t end) {
+        weight_grad_range<scalar_t, acc_t>(features.data_ptr<scalar_t>(), grad_output.data_ptr<scalar_t>(),
+                                           neighbors.data_ptr<int32_t>(), grad_weight.data_ptr<acc_t>(), &shape,
+                                           channel_blocks, begin, end);
+      });
+    }
+    result = grad_weight.to(features.scalar_type());
+  });
+  return result;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(sparsevision, CPU, m) {
+  m.impl("sparse_conv", &sparse_conv_cpu);
+  m.impl("sparse_conv_weight_grad", &sparse_conv_weight_grad_cpu);
+}
+
+}  // namespace sparsevision

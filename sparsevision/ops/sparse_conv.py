@@ -1,0 +1,82 @@
+"""Sparse convolution over a kernel map, with autograd.
+
+``weight`` here is ``[K, C_in / groups, C_out]`` (the layers convert from
+spconv's ``[C_out, *kernel, C_in / groups]``). The input gradient is the same
+convolution run on the inverse map with the transposed weight, the weight
+gradient its own kernel; all three are deterministic.
+"""
+import torch
+
+from . import library  # noqa: F401  (defines the ops and loads their kernels)
+
+_sparse_conv = torch.ops.sparsevision.sparse_conv.default
+_weight_grad = torch.ops.sparsevision.sparse_conv_weight_grad.default
+
+
+def sparse_conv(features: torch.Tensor, weight: torch.Tensor, neighbors: torch.Tensor,
+                inverse_neighbors: torch.Tensor, groups: int = 1) -> torch.Tensor:
+    """``out[m] = sum_k features[neighbors[m, k]] @ weight[k]`` within each channel group.
+
+    Args:
+        features: ``[N, C_in]``.
+        weight: ``[K, C_in / groups, C_out]``, same dtype as ``features``.
+        neighbors: ``[M, K]`` int32 kernel map (``-1`` = no input site).
+        inverse_neighbors: ``[N, K]`` transposed map (see :func:`~sparsevision.ops.invert_kernel_map`).
+        groups: channel groups; ``C_in`` for depthwise.
+
+    Returns:
+        ``[M, C_out]`` output features.
+
+    Raises:
+        ValueError: on mismatched shapes, channels, dtypes or kernel maps.
+    """
+    if features.dim() != 2 or weight.dim() != 3:
+        raise ValueError(f'sparse_conv: features must be [N, C] and weight [taps, in/groups, out], got '
+                         f'{tuple(features.shape)} and {tuple(weight.shape)}')
+    if groups < 1 or features.shape[1] != weight.shape[1] * groups or weight.shape[2] % groups:
+        raise ValueError(f'sparse_conv: {features.shape[1]} input channels do not match weight {tuple(weight.shape)} '
+                         f'with groups={groups}')
+    if neighbors.shape[1] != weight.shape[0] or inverse_neighbors.shape != (features.shape[0], weight.shape[0]):
+        raise ValueError(f'sparse_conv: kernel maps {tuple(neighbors.shape)} / {tuple(inverse_neighbors.shape)} do '
+                         f'not fit {features.shape[0]} inputs and {weight.shape[0]} taps')
+    if features.dtype != weight.dtype:
+        raise ValueError(f'sparse_conv: features are {features.dtype} but weight is {weight.dtype}')
+    return _sparse_conv(features, weight, neighbors, inverse_neighbors, groups)
+
+
+def transpose_weight(weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """``[K, I/g, O]`` -> ``[K, O/g, I]``: the weight that maps output gradients back to inputs."""
+    taps, in_per_group, out_channels = weight.shape
+    return (weight.reshape(taps, in_per_group, groups, out_channels // groups)
+            .permute(0, 3, 2, 1).reshape(taps, out_channels // groups, groups * in_per_group))
+
+
+@torch.library.register_fake('sparsevision::sparse_conv')
+def _sparse_conv_fake(features, weight, neighbors, inverse_neighbors, groups):
+    return features.new_empty(neighbors.shape[0], weight.shape[2])
+
+
+@torch.library.register_fake('sparsevision::sparse_conv_weight_grad')
+def _weight_grad_fake(features, grad_output, neighbors, groups):
+    return features.new_empty(neighbors.shape[1], features.shape[1] // groups, grad_output.shape[1])
+
+
+def _setup_context(ctx, inputs, output):
+    features, weight, neighbors, inverse_neighbors, groups = inputs
+    ctx.save_for_backward(features, weight, neighbors, inverse_neighbors)
+    ctx.groups = groups
+
+
+def _backward(ctx, grad_output):
+    features, weight, neighbors, inverse_neighbors = ctx.saved_tensors
+    grad_output = grad_output.contiguous()
+    grad_features = grad_weight = None
+    if ctx.needs_input_grad[0]:
+        grad_features = _sparse_conv(grad_output, transpose_weight(weight, ctx.groups).contiguous(),
+                                     inverse_neighbors, neighbors, ctx.groups)
+    if ctx.needs_input_grad[1]:
+        grad_weight = _weight_grad(features, grad_output, neighbors, ctx.groups)
+    return grad_features, grad_weight, None, None, None
+
+
+torch.library.register_autograd('sparsevision::sparse_conv', _backward, setup_context=_setup_context)

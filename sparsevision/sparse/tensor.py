@@ -1,0 +1,144 @@
+"""SparseTensor: features on occupied sites, with spconv's fields and an automatic kernel-map cache."""
+import math
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+from ..ops import check_indices
+
+
+@dataclass
+class KernelMap:
+    """How one sparse convolution connects its input and output sites.
+
+    Attributes:
+        in_indices: ``[N, 1 + D]`` input coordinates.
+        in_spatial_shape: input grid.
+        out_indices: ``[M, 1 + D]`` output coordinates.
+        out_spatial_shape: output grid.
+        neighbors: ``[M, K]`` int32, the input row each output reads per tap (``-1`` none).
+        inverse: ``[N, K]`` int32, the output row each input feeds per tap (``-1`` none).
+        in_maps: the kernel-map cache of the input coordinate set (identifies it).
+        out_maps: the kernel-map cache of the output coordinate set.
+    """
+
+    in_indices: torch.Tensor
+    in_spatial_shape: List[int]
+    out_indices: torch.Tensor
+    out_spatial_shape: List[int]
+    neighbors: torch.Tensor
+    inverse: torch.Tensor
+    in_maps: Dict
+    out_maps: Dict
+
+    def turned_around(self) -> 'KernelMap':
+        """The map of the inverse (transposed) convolution: outputs become inputs."""
+        return KernelMap(self.out_indices, self.out_spatial_shape, self.in_indices, self.in_spatial_shape,
+                         self.inverse, self.neighbors, self.out_maps, self.in_maps)
+
+
+class SparseTensor:
+    """Features ``[N, C]`` on the occupied sites ``indices [N, 1 + D]`` of a batch of grids (spconv's layout).
+
+    ``indices`` rows are ``(batch, z, y, x)`` in 3D, int32. Every coordinate set
+    carries a cache of the kernel maps built on it (keyed by kernel size,
+    stride, padding and dilation), so layers with the same geometry reuse maps
+    without any ``indice_key``. ``indice_dict`` keeps spconv's meaning: maps
+    registered under an explicit key, shared by every tensor derived from this
+    one (``SparseInverseConv`` finds its paired convolution there).
+
+    Args:
+        features: ``[N, C]`` features.
+        indices: ``[N, 1 + D]`` integer coordinates, batch first.
+        spatial_shape: the grid size per spatial axis.
+        batch_size: number of samples; batch indices must be smaller.
+        indice_dict: maps shared with other tensors (spconv's argument).
+        **spconv_options: spconv-only arguments (``grid``, ``voxel_num``,
+            ``benchmark``, ...), accepted so spconv code runs, and ignored.
+
+    Raises:
+        ValueError: mismatched rows, float or malformed indices, coordinates
+            outside ``spatial_shape`` or batch indices ``>= batch_size``.
+    """
+
+    def __init__(self, features: torch.Tensor, indices: torch.Tensor, spatial_shape: Sequence[int],
+                 batch_size: int, indice_dict: Optional[dict] = None, **spconv_options):
+        spatial_shape = [int(size) for size in spatial_shape]
+        if features.dim() != 2:
+            raise ValueError(f'features must be [N, C], got shape {tuple(features.shape)}')
+        if indices.dim() != 2 or features.shape[0] != indices.shape[0]:
+            raise ValueError(f'features have {features.shape[0]} rows but indices have shape {tuple(indices.shape)}; '
+                             'each feature row needs one coordinate row')
+        indices = check_indices(indices, spatial_shape, batch_size)
+        self._init(features, indices, spatial_shape, int(batch_size), {} if indice_dict is None else indice_dict, {})
+
+    def _init(self, features, indices, spatial_shape, batch_size, indice_dict, kernel_maps):
+        self._features = features
+        self.indices = indices
+        self.spatial_shape = spatial_shape
+        self.batch_size = batch_size
+        self.indice_dict = indice_dict
+        self.kernel_maps = kernel_maps
+
+    @classmethod
+    def _derived(cls, features, indices, spatial_shape, batch_size, indice_dict, kernel_maps) -> 'SparseTensor':
+        """A tensor on coordinates already validated (no checks)."""
+        tensor = cls.__new__(cls)
+        tensor._init(features, indices, list(spatial_shape), batch_size, indice_dict, kernel_maps)
+        return tensor
+
+    @property
+    def features(self) -> torch.Tensor:
+        return self._features
+
+    @features.setter
+    def features(self, value: torch.Tensor) -> None:
+        if value.dim() != 2 or value.shape[0] != self.indices.shape[0]:
+            raise ValueError(f'new features must be [{self.indices.shape[0]}, C], got {tuple(value.shape)}')
+        self._features = value
+
+    @property
+    def spatial_size(self) -> int:
+        return math.prod(self.spatial_shape)
+
+    @property
+    def ndim(self) -> int:
+        """Number of spatial axes."""
+        return len(self.spatial_shape)
+
+    def replace_feature(self, features: torch.Tensor) -> 'SparseTensor':
+        """The same sites (and cached kernel maps) with new features ``[N, C']``."""
+        if features.dim() != 2 or features.shape[0] != self.indices.shape[0]:
+            raise ValueError(f'replacement features must be [{self.indices.shape[0]}, C], got {tuple(features.shape)}')
+        return self._derived(features, self.indices, self.spatial_shape, self.batch_size, self.indice_dict,
+                             self.kernel_maps)
+
+    def shadow_copy(self) -> 'SparseTensor':
+        return self.replace_feature(self.features)
+
+    def find_indice_pair(self, key):
+        """The kernel map registered under ``indice_key=key``, or None."""
+        return self.indice_dict.get(key)
+
+    def dense(self, channels_first: bool = True) -> torch.Tensor:
+        """``[B, C, *spatial_shape]`` (or ``[B, *spatial_shape, C]``) with zeros at empty sites."""
+        out = self.features.new_zeros(self.batch_size, *self.spatial_shape, self.features.shape[1])
+        out[tuple(self.indices.long().unbind(dim=1))] = self.features
+        return out.movedim(-1, 1).contiguous() if channels_first else out
+
+    @classmethod
+    def from_dense(cls, x: torch.Tensor) -> 'SparseTensor':
+        """From a channels-last dense ``[B, *spatial, C]`` tensor: sites where any channel is non-zero."""
+        if x.dim() < 3:
+            raise ValueError(f'from_dense expects [batch, *spatial, channels], got shape {tuple(x.shape)}')
+        occupied = (x != 0).any(dim=-1)
+        indices = occupied.nonzero().to(torch.int32)
+        return cls._derived(x[occupied], indices, list(x.shape[1:-1]), x.shape[0], {}, {})
+
+    def __repr__(self):
+        return (f'SparseTensor(sites={self.indices.shape[0]}, channels={self.features.shape[1]}, '
+                f'spatial_shape={self.spatial_shape}, batch_size={self.batch_size}, dtype={self.features.dtype})')
+
+
+SparseConvTensor = SparseTensor
