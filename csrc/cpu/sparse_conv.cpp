@@ -121,6 +121,51 @@ SV_VECTOR_CLONES void convolve_range(const scalar_t* features, const acc_t* weig
   }
 }
 
+// groups == 1 and out_channels a multiple of Chunk: one output row at a time, with a Chunk-wide slice of its
+// accumulators in registers across all taps and input channels. The row's sum runs over taps, then input
+// channels, in order, and every row takes this same path whatever the thread split, so results are
+// bitwise identical at any thread count. (Pairing rows to share weight loads was slower here, and rows
+// taking different code paths depending on the split would break that guarantee.)
+template <int Chunk, typename scalar_t, typename acc_t>
+SV_VECTOR_CLONES void convolve_rows_in_registers(const scalar_t* features, const acc_t* weight,
+                                                 const int32_t* neighbors, scalar_t* out, const ConvShape* shape,
+                                                 int64_t begin, int64_t end) {
+  const int64_t taps = shape->taps, in_channels = shape->in_channels, out_channels = shape->out_channels;
+  constexpr bool convert = !std::is_same_v<scalar_t, acc_t>;
+  std::vector<acc_t> converted(convert ? taps * in_channels : 0);
+  for (int64_t m = begin; m < end; ++m) {
+    const int32_t* row_neighbors = neighbors + m * taps;
+    if constexpr (convert) {
+      for (int64_t k = 0; k < taps; ++k) {
+        if (row_neighbors[k] < 0) continue;
+        const scalar_t* source = features + int64_t(row_neighbors[k]) * in_channels;
+        for (int64_t i = 0; i < in_channels; ++i) converted[k * in_channels + i] = static_cast<acc_t>(source[i]);
+      }
+    }
+    for (int64_t o0 = 0; o0 < out_channels; o0 += Chunk) {
+      acc_t acc[Chunk] = {};
+      for (int64_t k = 0; k < taps; ++k) {
+        const int32_t n = row_neighbors[k];
+        if (n < 0) continue;
+        const acc_t* x;
+        if constexpr (convert) {
+          x = converted.data() + k * in_channels;
+        } else {
+          x = features + int64_t(n) * in_channels;
+        }
+        const acc_t* w = weight + k * in_channels * out_channels + o0;
+        for (int64_t i = 0; i < in_channels; ++i) {
+          const acc_t v = x[i];
+          const acc_t* w_row = w + i * out_channels;
+#pragma GCC unroll 64
+          for (int j = 0; j < Chunk; ++j) acc[j] += v * w_row[j];
+        }
+      }
+      for (int j = 0; j < Chunk; ++j) out[m * out_channels + o0 + j] = static_cast<scalar_t>(acc[j]);
+    }
+  }
+}
+
 void check_conv_arguments(const at::Tensor& features, const at::Tensor& weight, const at::Tensor& neighbors,
                           int64_t groups) {
   TORCH_CHECK_VALUE(features.dim() == 2, "sparse_conv: features must be [N, C], got ", features.sizes());
@@ -163,11 +208,27 @@ at::Tensor sparse_conv_cpu(const at::Tensor& features_in, const at::Tensor& weig
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, features.scalar_type(), "sparse_conv_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const at::Tensor weight = weight_in.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
-    const int64_t blocks = (shape.outputs + kRowBlock - 1) / kRowBlock;
-    at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-      convolve_range<scalar_t, acc_t>(features.data_ptr<scalar_t>(), weight.data_ptr<acc_t>(),
-                                      neighbors.data_ptr<int32_t>(), out.data_ptr<scalar_t>(), &shape, begin, end);
-    });
+    const scalar_t* x = features.data_ptr<scalar_t>();
+    const acc_t* w = weight.data_ptr<acc_t>();
+    const int32_t* map = neighbors.data_ptr<int32_t>();
+    scalar_t* y = out.data_ptr<scalar_t>();
+    auto in_registers = [&](auto kernel) {
+      at::parallel_for(0, shape.outputs, kRowBlock, [&](int64_t begin, int64_t end) {
+        kernel(x, w, map, y, &shape, begin, end);
+      });
+    };
+    if (groups == 1 && shape.out_channels % 64 == 0) {
+      in_registers(convolve_rows_in_registers<64, scalar_t, acc_t>);
+    } else if (groups == 1 && shape.out_channels % 32 == 0) {
+      in_registers(convolve_rows_in_registers<32, scalar_t, acc_t>);
+    } else if (groups == 1 && shape.out_channels % 16 == 0) {
+      in_registers(convolve_rows_in_registers<16, scalar_t, acc_t>);
+    } else {
+      const int64_t blocks = (shape.outputs + kRowBlock - 1) / kRowBlock;
+      at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+        convolve_range<scalar_t, acc_t>(x, w, map, y, &shape, begin, end);
+      });
+    }
   });
   return out;
 }

@@ -136,6 +136,12 @@ class SparseTensor:
         indices = occupied.nonzero().to(torch.int32)
         return cls._derived(x[occupied], indices, list(x.shape[1:-1]), x.shape[0], {}, {})
 
+    def to_spconv(self):
+        """This tensor as a ``spconv.pytorch.SparseConvTensor`` (needs spconv)."""
+        from .interop import to_spconv
+
+        return to_spconv(self)
+
     def __repr__(self):
         return (f'SparseTensor(sites={self.indices.shape[0]}, channels={self.features.shape[1]}, '
                 f'spatial_shape={self.spatial_shape}, batch_size={self.batch_size}, dtype={self.features.dtype})')

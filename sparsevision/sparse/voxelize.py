@@ -7,14 +7,18 @@ Conventions follow mmcv's ``Voxelization`` and spconv's ``PointToVoxel``:
   ``round((max - min) / voxel_size)`` cells per axis.
 * A point falls in cell ``floor((p - min) / voxel_size)`` and is kept when that
   cell lies in the grid: the lower bound is included, the upper bound excluded.
+  As in mmcv, the upper bound is the grid's far edge ``min + cells * voxel_size``,
+  which differs from ``max`` when the range is not a whole number of voxels.
   This is evaluated in float64 whatever the points' dtype, so which cell a point
   lands in does not depend on float32 rounding.
 * Voxel coordinates are int32 ``(z, y, x)``; spatial shapes are ``(D, H, W)``.
 * Points whose x, y or z is NaN or infinite are dropped, with one warning per
   call saying how many; NaN in feature columns is not checked and propagates.
 
-Every function is vectorised and deterministic: voxels are found by a stable
-sort of int64 linear keys (no hashing, no floating-point atomics).
+Everything is vectorised in PyTorch. Voxels are found by a stable sort of int64
+linear keys (no hashing) and means by a sorted segment reduction (no
+floating-point atomics), so on CPU the outputs are bitwise identical run to run
+and at any thread count.
 """
 import math
 import numbers
@@ -212,8 +216,8 @@ def voxelize_mean(points: torch.Tensor, voxel_size: Sequence[float],
                   point_cloud_range: Sequence[float]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Dynamic voxelization: every in-range point counts, each voxel holds the mean of its points.
 
-    The mean is a sorted segment reduction accumulated in float64 (then cast
-    back to the points' dtype), so it is bitwise reproducible at any thread count.
+    The mean is a sorted segment reduction accumulated in float64, then cast
+    back to the points' dtype.
     Points out of range, or with NaN or infinite x, y or z (with a warning), are dropped.
 
     Args:
@@ -293,7 +297,8 @@ def devoxelize(voxel_features: torch.Tensor, point_to_voxel: torch.Tensor) -> to
 
     Returns:
         ``[N, ...]`` features, zero rows for dropped points; differentiable with
-        respect to ``voxel_features`` (dropped points pass no gradient).
+        respect to ``voxel_features`` (dropped points pass no gradient). The
+        gradient is an ``index_add``: deterministic on CPU, atomic on CUDA.
 
     Raises:
         ValueError: on a wrong shape, dtype, device or out-of-range index.
