@@ -8,7 +8,8 @@
 // loaded from cache feeds four accumulators.
 //
 // sparse_conv_weight_grad: grad_weight[k, i_local, o] = sum over m (in order) of
-//   features[neighbors[m, k], i] * grad_output[m, o]; one task per (tap, input-channel block).
+//   features[neighbors[m, k], i] * grad_output[m, o]; the map is first regrouped into per-tap pair lists,
+//   then one task per (tap, input-channel block) walks its list.
 //
 // The input gradient is sparse_conv itself, on the inverse map with the
 // transposed weight (see sparsevision/ops/sparse_conv.py). Half and bfloat16
@@ -233,20 +234,42 @@ at::Tensor sparse_conv_cpu(const at::Tensor& features_in, const at::Tensor& weig
   return out;
 }
 
+// Per tap, the (output row, input row) pairs of the kernel map in output-row order (CSR by tap).
+struct PairsByTap {
+  std::vector<int64_t> offsets;  // taps + 1
+  std::vector<int32_t> outputs, inputs;
+
+  PairsByTap(const int32_t* neighbors, int64_t rows, int64_t taps) : offsets(taps + 1, 0) {
+    for (int64_t m = 0; m < rows; ++m) {
+      for (int64_t k = 0; k < taps; ++k) offsets[k + 1] += neighbors[m * taps + k] >= 0;
+    }
+    for (int64_t k = 0; k < taps; ++k) offsets[k + 1] += offsets[k];
+    outputs.resize(offsets[taps]);
+    inputs.resize(offsets[taps]);
+    std::vector<int64_t> cursor(offsets.begin(), offsets.end() - 1);
+    for (int64_t m = 0; m < rows; ++m) {
+      for (int64_t k = 0; k < taps; ++k) {
+        const int32_t n = neighbors[m * taps + k];
+        if (n < 0) continue;
+        outputs[cursor[k]] = static_cast<int32_t>(m);
+        inputs[cursor[k]++] = n;
+      }
+    }
+  }
+};
+
 template <typename scalar_t, typename acc_t>
 SV_VECTOR_CLONES void weight_grad_range(const scalar_t* features, const scalar_t* grad_output,
-                                        const int32_t* neighbors, acc_t* grad_weight, const ConvShape* shape,
+                                        const PairsByTap* pairs, acc_t* grad_weight, const ConvShape* shape,
                                         int64_t channel_blocks, int64_t begin, int64_t end) {
   for (int64_t task = begin; task < end; ++task) {
     const int64_t k = task / channel_blocks;
     const int64_t i_begin = (task % channel_blocks) * kChannelBlock;
     const int64_t i_end = std::min(shape->in_per_group, i_begin + kChannelBlock);
     acc_t* dw = grad_weight + k * shape->in_per_group * shape->out_channels;
-    for (int64_t m = 0; m < shape->outputs; ++m) {
-      const int32_t n = neighbors[m * shape->taps + k];
-      if (n < 0) continue;
-      const scalar_t* x = features + int64_t(n) * shape->in_channels;
-      const scalar_t* dy = grad_output + m * shape->out_channels;
+    for (int64_t p = pairs->offsets[k]; p < pairs->offsets[k + 1]; ++p) {
+      const scalar_t* x = features + int64_t(pairs->inputs[p]) * shape->in_channels;
+      const scalar_t* dy = grad_output + int64_t(pairs->outputs[p]) * shape->out_channels;
       for (int64_t g = 0; g < shape->groups; ++g) {
         const int64_t o0 = g * shape->out_per_group, o1 = o0 + shape->out_per_group;
         for (int64_t i = i_begin; i < i_end; ++i) {
@@ -279,10 +302,10 @@ at::Tensor sparse_conv_weight_grad_cpu(const at::Tensor& features_in, const at::
                                        features.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
     const int64_t channel_blocks = std::max<int64_t>(1, (in_per_group + kChannelBlock - 1) / kChannelBlock);
     if (in_per_group > 0) {
+      const PairsByTap pairs(neighbors.data_ptr<int32_t>(), shape.outputs, taps);
       at::parallel_for(0, taps * channel_blocks, 1, [&](int64_t begin, int64_t end) {
-        weight_grad_range<scalar_t, acc_t>(features.data_ptr<scalar_t>(), grad_output.data_ptr<scalar_t>(),
-                                           neighbors.data_ptr<int32_t>(), grad_weight.data_ptr<acc_t>(), &shape,
-                                           channel_blocks, begin, end);
+        weight_grad_range<scalar_t, acc_t>(features.data_ptr<scalar_t>(), grad_output.data_ptr<scalar_t>(), &pairs,
+                                           grad_weight.data_ptr<acc_t>(), &shape, channel_blocks, begin, end);
       });
     }
     result = grad_weight.to(features.scalar_type());

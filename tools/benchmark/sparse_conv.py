@@ -73,7 +73,8 @@ VOXEL_SIZE_M = 0.1
 SUBMANIFOLD_CHANNELS = [16, 32, 64, 128]
 HEADLINE_CHANNELS = 64
 STRIDED_CHANNELS = (32, 64)
-REPETITIONS = 3
+REPETITIONS = 3                   # best of, per side per round; 5 for calls under SHORT_CALL_S (noisier)
+SHORT_CALL_S = 0.2
 RELATIVE_TOLERANCE = 1e-3
 SUBMANIFOLD_GEOMETRY = dict(kernel_size=3, stride=1, padding=1)
 STRIDED_GEOMETRY = dict(kernel_size=3, stride=2, padding=1)
@@ -109,7 +110,7 @@ def set_threads(count: int) -> None:
 
 
 def count_map_builds(call: Callable[[], object]) -> tuple:
-    """How many kernel maps (ours, spconv's) ``call`` builds: proves whether a timed call reuses one."""
+    """``((our builds, spconv builds), call())``: proves whether a timed call reuses a kernel map or builds one."""
     builds = {'ours': 0, 'peer': 0}
     our_build, peer_build = our_kernel_maps._build, spconv_torch.ops.get_indice_pairs
 
@@ -123,10 +124,10 @@ def count_map_builds(call: Callable[[], object]) -> tuple:
 
     our_kernel_maps._build, spconv_torch.ops.get_indice_pairs = counting_our_build, counting_peer_build
     try:
-        call()
+        result = call()
     finally:
         our_kernel_maps._build, spconv_torch.ops.get_indice_pairs = our_build, peer_build
-    return builds['ours'], builds['peer']
+    return (builds['ours'], builds['peer']), result
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -458,10 +459,10 @@ def timed_call(function, device: str):
     return result, time.perf_counter() - start
 
 
-def best_time(function, calls: int, device: str) -> float:
-    """Best of ``REPETITIONS`` timings of ``calls`` back-to-back calls, in seconds per call."""
+def best_time(function, calls: int, repetitions: int, device: str) -> float:
+    """Best of ``repetitions`` timings of ``calls`` back-to-back calls, in seconds per call."""
     best = float('inf')
-    for _ in range(REPETITIONS):
+    for _ in range(repetitions):
         synchronize(device)
         start = time.perf_counter()
         for _ in range(calls):
@@ -493,61 +494,82 @@ def bitwise_equal(first: tuple, second: tuple) -> bool:
     return len(first) == len(second) and all(a.shape == b.shape and torch.equal(a, b) for a, b in zip(first, second))
 
 
-def check_map_reuse(case: Case) -> None:
-    """A layer row must build exactly the kernel maps its name says, in both libraries."""
-    if case.expected_builds is None:
-        return
-    builds = count_map_builds(case.ours), count_map_builds(case.peer)
-    ours, peer = builds[0][0], builds[1][1]
-    if (ours, peer) != (case.expected_builds, case.expected_builds):
-        raise RuntimeError(f'{case.name}: one call built {ours} (ours) and {peer} (spconv) kernel maps, expected '
-                           f'{case.expected_builds} each: the row would time something else than it says')
+def one_thread_reference(case: Case, device: str) -> tuple:
+    """spconv's output at 1 thread (the oracle) and ours, each side's first call (its warm-up), and a build count.
+
+    Returns ``(oracle, ours at 1 thread, our first call s, peer first call s)``.
+
+    Raises:
+        RuntimeError: when a layer row builds other kernel maps than its name says (in either library).
+    """
+    set_threads(1)
+    (our_builds, _), (our_result, our_first_s) = count_map_builds(lambda: timed_call(case.ours, device))
+    (_, peer_builds), (peer_result, peer_first_s) = count_map_builds(lambda: timed_call(case.peer, device))
+    if case.expected_builds is not None and (our_builds, peer_builds) != (case.expected_builds,) * 2:
+        raise RuntimeError(f'{case.name}: one call built {our_builds} (ours) and {peer_builds} (spconv) kernel maps, '
+                           f'expected {case.expected_builds} each: the row would time something else than it says')
+    return case.comparable_peer(peer_result), case.comparable_ours(our_result), our_first_s, peer_first_s
 
 
-def run_case(case: Case, threads: int, rounds: int, target_s: float, one_thread_outputs: dict, device: str) -> dict:
-    """Check (our output vs spconv's 1-thread output), then time ``rounds`` alternating rounds at ``threads``."""
-    if case.name not in one_thread_outputs:   # the oracle: spconv at 1 thread; ours at 1 thread for determinism
-        set_threads(1)
-        check_map_reuse(case)
-        peer_result, _ = timed_call(case.peer, device)
-        our_result, _ = timed_call(case.ours, device)
-        one_thread_outputs[case.name] = (case.comparable_peer(peer_result), case.comparable_ours(our_result))
-    oracle, our_one_thread = one_thread_outputs[case.name]
-    set_threads(threads)
-    our_result, our_first_s = timed_call(case.ours, device)
-    peer_result, peer_first_s = timed_call(case.peer, device)
-    ours_now, peer_now = case.comparable_ours(our_result), case.comparable_peer(peer_result)
-    match, max_abs_diff, relative_diff = compare(ours_now, oracle)
-    peer_self = None if threads == 1 else compare(peer_now, oracle)[0]
-    ours_bitwise = None if threads == 1 else bitwise_equal(ours_now, our_one_thread)
-    del our_result, peer_result, ours_now, peer_now
+def time_rounds(case: Case, rounds: int, target_s: float, our_first_s: float, peer_first_s: float, device: str):
+    """Per-round best times of ours and the peer; rounds alternate which side runs first.
 
-    ours_calls = max(1, round(target_s / our_first_s))
-    peer_calls = max(1, round(target_s / peer_first_s))
+    A repetition is as many back-to-back calls as fill about ``target_s`` (from each side's first call); calls
+    under ``SHORT_CALL_S`` take the best of 5 repetitions, others of ``REPETITIONS``.
+    """
+    ours_calls, peer_calls = max(1, round(target_s / our_first_s)), max(1, round(target_s / peer_first_s))
+    repetitions = 5 if max(our_first_s, peer_first_s) < SHORT_CALL_S else REPETITIONS
     ours_times, peer_times = [], []
     for round_number in range(rounds):
         timings = [(ours_times, case.ours, ours_calls), (peer_times, case.peer, peer_calls)]
         for times, function, calls in timings[::-1] if round_number % 2 else timings:
-            times.append(best_time(function, calls, device))
-    ratios = [ours / peer for ours, peer in zip(ours_times, peer_times)]
-    ours_s, peer_s = statistics.median(ours_times), statistics.median(peer_times)
-    return {
-        'case': f'{case.name}, {threads} thread{"s" if threads > 1 else ""} (time)',
-        'threads': threads,
-        'sites': case.sites,
-        'pairs': case.pairs,
-        'ours_ms': ours_s * 1e3,
-        'peer_ms': peer_s * 1e3,
-        'ratio': statistics.median(ratios),
-        'rounds': ratios,
-        'match': match,
-        'max_abs_diff': max_abs_diff if math.isfinite(max_abs_diff) else None,
-        'relative_diff': relative_diff if math.isfinite(relative_diff) else None,
-        'peer_matches_own_1thread': peer_self,
-        'ours_bitwise_as_1thread': ours_bitwise,
-        'gflops_ours': case.flops / ours_s / 1e9 if case.flops else None,
-        'gflops_peer': case.flops / peer_s / 1e9 if case.flops else None,
-    }
+            times.append(best_time(function, calls, repetitions, device))
+    return ours_times, peer_times, repetitions
+
+
+def run_case(case: Case, thread_counts: Sequence[int], rounds: int, target_s: float, device: str) -> List[dict]:
+    """Check ours against spconv's 1-thread output, then time ``rounds`` rounds, at each thread count.
+
+    At 1 thread the oracle call is also the check and the warm-up; at other counts one call per side checks
+    and warms up.
+    """
+    oracle, our_one_thread, *one_thread_first_s = one_thread_reference(case, device)
+    rows = []
+    for threads in thread_counts:
+        set_threads(threads)
+        match, max_abs_diff, relative_diff = compare(our_one_thread, oracle)
+        our_first_s, peer_first_s = one_thread_first_s
+        peer_self = ours_bitwise = None
+        if threads != 1:
+            our_result, our_first_s = timed_call(case.ours, device)
+            peer_result, peer_first_s = timed_call(case.peer, device)
+            ours_now = case.comparable_ours(our_result)
+            match, max_abs_diff, relative_diff = compare(ours_now, oracle)
+            peer_self = compare(case.comparable_peer(peer_result), oracle)[0]
+            ours_bitwise = bitwise_equal(ours_now, our_one_thread)
+            del our_result, peer_result, ours_now
+        ours_times, peer_times, repetitions = time_rounds(case, rounds, target_s, our_first_s, peer_first_s, device)
+        ratios = [ours / peer for ours, peer in zip(ours_times, peer_times)]
+        ours_s, peer_s = statistics.median(ours_times), statistics.median(peer_times)
+        rows.append({
+            'case': f'{case.name}, {threads} thread{"s" if threads > 1 else ""} (time)',
+            'threads': threads,
+            'sites': case.sites,
+            'pairs': case.pairs,
+            'ours_ms': ours_s * 1e3,
+            'peer_ms': peer_s * 1e3,
+            'ratio': statistics.median(ratios),
+            'rounds': ratios,
+            'repetitions': repetitions,
+            'match': match,
+            'max_abs_diff': max_abs_diff if math.isfinite(max_abs_diff) else None,
+            'relative_diff': relative_diff if math.isfinite(relative_diff) else None,
+            'peer_matches_own_1thread': peer_self,
+            'ours_bitwise_as_1thread': ours_bitwise,
+            'gflops_ours': case.flops / ours_s / 1e9 if case.flops else None,
+            'gflops_peer': case.flops / peer_s / 1e9 if case.flops else None,
+        })
+    return rows
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -569,15 +591,16 @@ def yes_no(value) -> str:
 
 
 def print_table(rows: List[dict]) -> None:
-    header = ['case', 'ours ms', 'peer ms', 'ours GFLOP/s', 'peer GFLOP/s', 'match (max abs diff)',
+    header = ['case', 'ours ms', 'peer ms', 'ours GFLOP/s', 'peer GFLOP/s', 'match (max abs / rel diff)',
               'spconv = own 1t', 'ours = own 1t', 'spread', 'ratio']
     table = []
     for row in rows:
-        diff = row['max_abs_diff']
+        diff, relative = row['max_abs_diff'], row['relative_diff']
+        difference = 'inf' if diff is None else f'{diff:.1e} / {relative:.0e}'
         table.append([row['case'].removesuffix(' (time)'), f'{row["ours_ms"]:.2f}', f'{row["peer_ms"]:.2f}',
                       '-' if row['gflops_ours'] is None else f'{row["gflops_ours"]:.1f}',
                       '-' if row['gflops_peer'] is None else f'{row["gflops_peer"]:.1f}',
-                      f'{yes_no(row["match"])} ({"inf" if diff is None else f"{diff:.1e}"})',
+                      f'{yes_no(row["match"])} ({difference})',
                       yes_no(row['peer_matches_own_1thread']), yes_no(row['ours_bitwise_as_1thread']),
                       f'{min(row["rounds"]):.2f}-{max(row["rounds"]):.2f}', f'{row["ratio"]:.2f}'])
     widths = [max(len(line[column]) for line in [header] + table) for column in range(len(header))]
@@ -598,8 +621,8 @@ def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--quick', action='store_true',
                         help='headline cases only (street scan: SubM k3 64->64 fwd, fwd+bwd, map build), under 60 s')
-    parser.add_argument('--threads', type=int, nargs='+', default=sorted({1, torch.get_num_threads()}),
-                        help='CPU thread counts to run (default: 1 and the current torch thread count)')
+    parser.add_argument('--threads', type=int, nargs='+',
+                        help='CPU thread counts to run (default: 1 with --quick, else 1 and the current torch count)')
     parser.add_argument('--json', type=Path, help='also write the results as JSON to this path')
     parser.add_argument('--device', choices=['cpu', 'cuda'], default='cpu')
     return parser.parse_args()
@@ -607,6 +630,8 @@ def parse_args():
 
 def main():
     args = parse_args()
+    if args.threads is None:
+        args.threads = [1] if args.quick else sorted({1, torch.get_num_threads()})
     if args.device == 'cuda' and not torch.cuda.is_available():
         sys.exit('--device cuda: CUDA is not available')
     if args.device == 'cuda' and SPCONV.cppconstants.CPU_ONLY_BUILD:
@@ -624,22 +649,23 @@ def main():
     print('peer patches: spconv.pytorch.ops.get_current_stream = lambda: 0 (its CPU backward asks for a CUDA stream); '
           + ('spconv\'s bundled OpenMP runtime set to the thread count too'
              if SPCONV_OPENMP is not None else 'spconv\'s OpenMP runtime not found: only torch\'s threads are set'))
-    print(f'float32, bias off; {rounds} rounds of best-of-{REPETITIONS}, calls of about {target_s * 1e3:.0f} ms; '
+    print(f'float32, bias off; {rounds} rounds, each side best of {REPETITIONS} repetitions (5 for calls under '
+          f'{SHORT_CALL_S * 1e3:.0f} ms) of about {target_s * 1e3:.0f} ms of calls; '
           f'match = ours vs spconv at 1 thread, max abs diff <= {RELATIVE_TOLERANCE:g} * max|spconv| per tensor '
           '(kernel maps and sites exact); GFLOP/s = 2 * pairs * C_in * C_out / time, fwd+bwd 3x; '
           'ratio = ours/peer time, median over rounds (lower is better)')
     cases = all_cases(args.quick, args.device)
     previous_threads = torch.get_num_threads()
-    one_thread_outputs, rows = {}, []
+    rows = []
     try:
-        for count in args.threads:
-            for number, case in enumerate(cases, 1):
-                case_start = time.perf_counter()
-                rows.append(run_case(case, count, rounds, target_s, one_thread_outputs, args.device))
-                print(f'  [{count} thread{"s" if count > 1 else ""} {number}/{len(cases)}] {case.name}: '
-                      f'{time.perf_counter() - case_start:.1f} s', file=sys.stderr, flush=True)
+        for number, case in enumerate(cases, 1):
+            case_start = time.perf_counter()
+            rows += run_case(case, args.threads, rounds, target_s, args.device)
+            print(f'  [{number}/{len(cases)}] {case.name}: {time.perf_counter() - case_start:.1f} s', file=sys.stderr,
+                  flush=True)
     finally:
         set_threads(previous_threads)
+    rows.sort(key=lambda row: args.threads.index(row['threads']))   # stable: cases keep their order per count
     print_table(rows)
     racy = [row for row in rows if row['peer_matches_own_1thread'] is False]
     if racy:
