@@ -283,7 +283,8 @@ SV_VECTOR_CLONES void weight_grad_range(const scalar_t* features, const scalar_t
 }
 
 at::Tensor sparse_conv_weight_grad_cpu(const at::Tensor& features_in, const at::Tensor& grad_output_in,
-                                       const at::Tensor& neighbors_in, int64_t groups) {
+                                       const at::Tensor& neighbors_in, const at::Tensor& inverse_neighbors,
+                                       int64_t groups) {
   TORCH_CHECK_VALUE(grad_output_in.dim() == 2 && grad_output_in.size(0) == neighbors_in.size(0),
                     "sparse_conv_weight_grad: grad_output must be [M, out] with M = kernel map rows");
   TORCH_CHECK_VALUE(features_in.size(1) % groups == 0 && grad_output_in.size(1) % groups == 0,

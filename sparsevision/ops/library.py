@@ -26,7 +26,7 @@ SCHEMAS = {
     'sparse_conv': ('sparse_conv(Tensor features, Tensor weight, Tensor neighbors, Tensor inverse_neighbors, '
                     'int groups) -> Tensor'),
     'sparse_conv_weight_grad': ('sparse_conv_weight_grad(Tensor features, Tensor grad_output, Tensor neighbors, '
-                                'int groups) -> Tensor'),
+                                'Tensor inverse_neighbors, int groups) -> Tensor'),
 }
 BUILD_HINT = ('build it with `make build` (or `pip install --no-build-isolation -e .` from the repository root; '
               'set CUDA_HOME for CUDA kernels)')

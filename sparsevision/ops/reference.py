@@ -139,8 +139,11 @@ def sparse_conv(features: torch.Tensor, weight: torch.Tensor, neighbors: torch.T
 
 
 def sparse_conv_weight_grad(features: torch.Tensor, grad_output: torch.Tensor, neighbors: torch.Tensor,
-                            groups: int) -> torch.Tensor:
-    """Gradient of :func:`sparse_conv` with respect to ``weight``: ``[K, C_in / groups, C_out]``."""
+                            inverse_neighbors: torch.Tensor, groups: int) -> torch.Tensor:
+    """Gradient of :func:`sparse_conv` with respect to ``weight``: ``[K, C_in / groups, C_out]``.
+
+    ``inverse_neighbors`` is unused here; the op takes it for its own backward pass.
+    """
     taps = neighbors.shape[1]
     in_per_group, out_channels = features.shape[1] // groups, grad_output.shape[1]
     accumulate = torch.float32 if features.dtype in (torch.float16, torch.bfloat16) else features.dtype

@@ -3,7 +3,8 @@
 ``weight`` here is ``[K, C_in / groups, C_out]`` (the layers convert from
 spconv's ``[C_out, *kernel, C_in / groups]``). The input gradient is the same
 convolution run on the inverse map with the transposed weight, the weight
-gradient its own kernel; all three are deterministic.
+gradient its own op (whose own gradients are sparse convolutions again, so
+double backward works); all are deterministic.
 """
 import torch
 
@@ -57,7 +58,7 @@ def _sparse_conv_fake(features, weight, neighbors, inverse_neighbors, groups):
 
 
 @torch.library.register_fake('sparsevision::sparse_conv_weight_grad')
-def _weight_grad_fake(features, grad_output, neighbors, groups):
+def _weight_grad_fake(features, grad_output, neighbors, inverse_neighbors, groups):
     return features.new_empty(neighbors.shape[1], features.shape[1] // groups, grad_output.shape[1])
 
 
@@ -75,8 +76,29 @@ def _backward(ctx, grad_output):
         grad_features = _sparse_conv(grad_output, transpose_weight(weight, ctx.groups).contiguous(),
                                      inverse_neighbors, neighbors, ctx.groups)
     if ctx.needs_input_grad[1]:
-        grad_weight = _weight_grad(features, grad_output, neighbors, ctx.groups)
+        grad_weight = _weight_grad(features, grad_output, neighbors, inverse_neighbors, ctx.groups)
     return grad_features, grad_weight, None, None, None
 
 
+def _weight_grad_setup_context(ctx, inputs, output):
+    features, grad_output, neighbors, inverse_neighbors, groups = inputs
+    ctx.save_for_backward(features, grad_output, neighbors, inverse_neighbors)
+    ctx.groups = groups
+
+
+def _weight_grad_backward(ctx, grad_grad_weight):
+    """The weight gradient is bilinear in (features, grad_output): both derivatives are sparse convolutions."""
+    features, grad_output, neighbors, inverse_neighbors = ctx.saved_tensors
+    grad_grad_weight = grad_grad_weight.contiguous()
+    grad_features = grad_grad_output = None
+    if ctx.needs_input_grad[0]:
+        grad_features = _sparse_conv(grad_output, transpose_weight(grad_grad_weight, ctx.groups).contiguous(),
+                                     inverse_neighbors, neighbors, ctx.groups)
+    if ctx.needs_input_grad[1]:
+        grad_grad_output = _sparse_conv(features, grad_grad_weight, neighbors, inverse_neighbors, ctx.groups)
+    return grad_features, grad_grad_output, None, None, None
+
+
 torch.library.register_autograd('sparsevision::sparse_conv', _backward, setup_context=_setup_context)
+torch.library.register_autograd('sparsevision::sparse_conv_weight_grad', _weight_grad_backward,
+                                setup_context=_weight_grad_setup_context)

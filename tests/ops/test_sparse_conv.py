@@ -1,0 +1,137 @@
+"""sparse_conv and sparse_conv_weight_grad against the reference: random, adversarial, gradients, opcheck."""
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import sparsevision.ops as ops
+from sparsevision.ops import reference
+from sparsevision.ops.coordinates import keys_to_coordinates
+
+SPARSE_CONV = torch.ops.sparsevision.sparse_conv.default
+WEIGHT_GRAD = torch.ops.sparsevision.sparse_conv_weight_grad.default
+
+
+def make_case(count, shape, groups, in_per_group, out_per_group, dtype=torch.float64, seed=0, strided=False):
+    generator = torch.Generator().manual_seed(seed)
+    cells = 2 * int(torch.tensor(shape).prod())
+    sites = keys_to_coordinates(torch.randperm(cells, generator=generator)[:count], shape)
+    if strided:
+        outputs, _ = ops.downsample_indices(sites, shape, 3, 2, 1)
+        neighbors = ops.build_kernel_map(sites, outputs, shape, 3, 2, 1)
+    else:
+        neighbors = ops.submanifold_kernel_map(sites, shape, 3)
+    inverse = ops.invert_kernel_map(neighbors, count)
+    features = torch.randn(count, groups * in_per_group, generator=generator, dtype=torch.float64).to(dtype)
+    weight = torch.randn(neighbors.shape[1], in_per_group, groups * out_per_group, generator=generator,
+                         dtype=torch.float64).to(dtype)
+    return features, weight, neighbors, inverse
+
+
+def assert_matches_reference(features, weight, neighbors, inverse, groups):
+    out = ops.sparse_conv(features, weight, neighbors, inverse, groups)
+    expected = reference.sparse_conv(features, weight, neighbors, inverse, groups)
+    tolerance = dict(rtol=1e-12, atol=1e-12) if features.dtype == torch.float64 else dict(rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(out, expected, **tolerance)
+    grad_output = torch.randn_like(out)
+    torch.testing.assert_close(WEIGHT_GRAD(features, grad_output, neighbors, inverse, groups),
+                               reference.sparse_conv_weight_grad(features, grad_output, neighbors, inverse, groups), **tolerance)
+
+
+@settings(max_examples=60, deadline=None)
+@given(count=st.integers(0, 150), groups=st.sampled_from([1, 2, 3]), in_per_group=st.integers(1, 9),
+       out_per_group=st.sampled_from([1, 5, 16, 32, 64]), strided=st.booleans(), seed=st.integers(0, 1000),
+       dtype=st.sampled_from([torch.float32, torch.float64]))
+def test_random_against_reference(count, groups, in_per_group, out_per_group, strided, seed, dtype):
+    features, weight, neighbors, inverse = make_case(count, [5, 6, 7], groups, in_per_group, out_per_group, dtype,
+                                                     seed, strided)
+    assert_matches_reference(features, weight, neighbors, inverse, groups)
+
+
+@pytest.mark.parametrize('case', ['empty_map', 'no_neighbors', 'single_site', 'depthwise', 'wide_channels',
+                                  'all_taps_same_input'])
+def test_adversarial(case):
+    if case == 'empty_map':
+        features, weight = torch.randn(3, 4, dtype=torch.float64), torch.randn(27, 4, 8, dtype=torch.float64)
+        neighbors, inverse = torch.zeros(0, 27, dtype=torch.int32), torch.full((3, 27), -1, dtype=torch.int32)
+        groups = 1
+    elif case == 'no_neighbors':
+        features, weight = torch.randn(3, 4, dtype=torch.float64), torch.randn(27, 4, 8, dtype=torch.float64)
+        neighbors = torch.full((5, 27), -1, dtype=torch.int32)
+        inverse, groups = torch.full((3, 27), -1, dtype=torch.int32), 1
+    elif case == 'single_site':
+        features, weight, neighbors, inverse = make_case(1, [3, 3, 3], 1, 4, 64)
+        groups = 1
+    elif case == 'depthwise':
+        features, weight, neighbors, inverse = make_case(200, [6, 6, 6], 16, 1, 1)
+        groups = 16
+    elif case == 'wide_channels':
+        features, weight, neighbors, inverse = make_case(60, [4, 5, 6], 1, 130, 192)
+        groups = 1
+    else:   # a 1x1x1 "kernel" of 27 taps that all read input 0
+        features, weight = torch.randn(4, 8, dtype=torch.float64), torch.randn(27, 8, 16, dtype=torch.float64)
+        neighbors = torch.zeros(2, 27, dtype=torch.int32)
+        inverse, groups = torch.full((4, 27), -1, dtype=torch.int32), 1
+    assert_matches_reference(features, weight, neighbors, inverse, groups)
+
+
+def test_reduced_precision_accumulates_in_float32():
+    features, weight, neighbors, inverse = make_case(300, [6, 7, 8], 1, 16, 16, torch.float32)
+    expected = reference.sparse_conv(features, weight, neighbors, inverse, 1)
+    for dtype in (torch.bfloat16, torch.float16):
+        out = ops.sparse_conv(features.to(dtype), weight.to(dtype), neighbors, inverse, 1)
+        reference_low = reference.sparse_conv(features.to(dtype), weight.to(dtype), neighbors, inverse, 1)
+        torch.testing.assert_close(out.float(), reference_low.float(), rtol=1e-2, atol=1e-2)
+        scale = expected.abs().max().item()   # inputs rounded to 8 (bf16) or 11 (fp16) bits: error relative to scale
+        torch.testing.assert_close(out.float(), expected, rtol=0, atol=2e-2 * scale)
+
+
+@pytest.mark.parametrize('strided', [False, True])
+@pytest.mark.parametrize('groups', [1, 2])
+def test_gradcheck_float64(strided, groups):
+    features, weight, neighbors, inverse = make_case(25, [4, 4, 4], groups, 2, 3, strided=strided)
+    inputs = (features.requires_grad_(), weight.requires_grad_())
+    assert torch.autograd.gradcheck(lambda x, w: ops.sparse_conv(x, w, neighbors, inverse, groups), inputs)
+    assert torch.autograd.gradgradcheck(lambda x, w: ops.sparse_conv(x, w, neighbors, inverse, groups), inputs)
+
+
+def test_opcheck():
+    features, weight, neighbors, inverse = make_case(80, [5, 5, 5], 2, 3, 4, strided=True)
+    torch.library.opcheck(SPARSE_CONV, (features.requires_grad_(), weight.requires_grad_(), neighbors, inverse, 2))
+    torch.library.opcheck(WEIGHT_GRAD, (features.detach(), torch.randn(neighbors.shape[0], 8, dtype=torch.float64,
+                                                                        requires_grad=True), neighbors, inverse, 2))
+
+
+@pytest.mark.parametrize('out_per_group', [64, 24])   # the register-blocked path and the generic one
+def test_bitwise_identical_across_threads(out_per_group):
+    features, weight, neighbors, inverse = make_case(4000, [20, 20, 20], 1, 32, out_per_group, torch.float32)
+    grad_output = torch.randn(neighbors.shape[0], out_per_group)
+    previous = torch.get_num_threads()
+    results = []
+    try:
+        for count in (1, 2, 2):
+            torch.set_num_threads(count)
+            results.append((SPARSE_CONV(features, weight, neighbors, inverse, 1),
+                            WEIGHT_GRAD(features, grad_output, neighbors, inverse, 1)))
+    finally:
+        torch.set_num_threads(previous)
+    assert all(torch.equal(a, b) for result in results[1:] for a, b in zip(result, results[0]))
+
+
+@pytest.mark.parametrize('mutate, message', [
+    (lambda f, w, n, i: (f, w[:, :2], n, i, 1), 'channels'),
+    (lambda f, w, n, i: (f, w[:9], n, i, 1), 'taps'),
+    (lambda f, w, n, i: (f, w, n, i, 5), 'groups'),
+    (lambda f, w, n, i: (f, w.float(), n, i, 1), 'weight is torch.float32'),
+])
+def test_bad_arguments(mutate, message):
+    with pytest.raises(ValueError, match=message):
+        ops.sparse_conv(*mutate(*make_case(30, [4, 4, 4], 1, 4, 4)))
+
+
+def test_native_op_rejects_out_of_range_maps():
+    features, weight, neighbors, inverse = make_case(30, [4, 4, 4], 1, 4, 4)
+    broken = neighbors.clone()
+    broken[0, 0] = 30
+    with pytest.raises(ValueError, match='kernel map entries'):
+        SPARSE_CONV(features, weight, broken, inverse, 1)
