@@ -12,7 +12,6 @@
 
 #include <algorithm>
 #include <numeric>
-#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -22,6 +21,28 @@ namespace sparsevision {
 namespace {
 
 constexpr int64_t kOutputBlock = 2048;
+
+// Stable LSD radix sort of (key, row) by key (keys >= 0), 11 bits per pass over the bits the keys use.
+void radix_sort(std::vector<int64_t>& keys, std::vector<int64_t>& rows) {
+  constexpr int kBits = 11;
+  constexpr int64_t kBuckets = int64_t(1) << kBits;
+  const int64_t count = static_cast<int64_t>(keys.size());
+  const int64_t largest = count ? *std::max_element(keys.begin(), keys.end()) : 0;
+  std::vector<int64_t> key_buffer(count), row_buffer(count), histogram(kBuckets);
+  for (int shift = 0; shift < 64 && (largest >> shift) > 0; shift += kBits) {
+    std::fill(histogram.begin(), histogram.end(), 0);
+    for (int64_t i = 0; i < count; ++i) ++histogram[(keys[i] >> shift) & (kBuckets - 1)];
+    int64_t total = 0;
+    for (int64_t& bucket : histogram) total += std::exchange(bucket, total);
+    for (int64_t i = 0; i < count; ++i) {
+      const int64_t target = histogram[(keys[i] >> shift) & (kBuckets - 1)]++;
+      key_buffer[target] = keys[i];
+      row_buffer[target] = rows[i];
+    }
+    keys.swap(key_buffer);
+    rows.swap(row_buffer);
+  }
+}
 
 // Linear keys of all rows and the row order that sorts them. Raises on out-of-grid rows and duplicates.
 struct SortedCoordinates {
@@ -49,16 +70,9 @@ struct SortedCoordinates {
                         "coordinate outside spatial_shape)");
     }
     order.resize(rows);
-    keys.resize(rows);
-    if (std::is_sorted(unsorted.begin(), unsorted.end())) {
-      std::iota(order.begin(), order.end(), 0);
-      keys = std::move(unsorted);
-    } else {
-      std::vector<std::pair<int64_t, int64_t>> pairs(rows);
-      for (int64_t row = 0; row < rows; ++row) pairs[row] = {unsorted[row], row};
-      std::sort(pairs.begin(), pairs.end());
-      for (int64_t i = 0; i < rows; ++i) std::tie(keys[i], order[i]) = pairs[i];
-    }
+    std::iota(order.begin(), order.end(), 0);
+    keys = std::move(unsorted);
+    if (!std::is_sorted(keys.begin(), keys.end())) radix_sort(keys, order);
     for (int64_t i = 1; i < rows; ++i) {
       TORCH_CHECK_VALUE(keys[i] != keys[i - 1], name, " has duplicate coordinates (rows ", order[i - 1], " and ",
                         order[i], "); merge duplicate points first (e.g. voxelize with mean pooling)");
@@ -95,15 +109,25 @@ at::Tensor kernel_map_cpu(const at::Tensor& in_indices_in, const at::Tensor& out
   const SortedCoordinates sorted_outputs =
       same_sites ? inputs : SortedCoordinates(out_indices, out_bounds, dims, "kernel_map: out_indices");
 
-  std::vector<int64_t> tap_offsets(taps * dims);
-  for (int64_t tap = 0; tap < taps; ++tap) geometry.tap_index(tap, &tap_offsets[tap * dims]);
+  std::vector<int64_t> tap_offsets(taps * dims), tap_deltas(taps, 0);
+  int64_t window[kMaxDims], axis_strides[kMaxDims];
+  for (int axis = dims - 1; axis >= 0; --axis) {
+    window[axis] = (geometry.kernel[axis] - 1) * geometry.dilation[axis];
+    axis_strides[axis] = axis == dims - 1 ? 1 : axis_strides[axis + 1] * geometry.shape[axis + 1];
+  }
+  for (int64_t tap = 0; tap < taps; ++tap) {
+    geometry.tap_index(tap, &tap_offsets[tap * dims]);
+    for (int axis = 0; axis < dims; ++axis) {
+      tap_deltas[tap] += tap_offsets[tap * dims + axis] * geometry.dilation[axis] * axis_strides[axis];
+    }
+  }
   int32_t* result = neighbors.data_ptr<int32_t>();
   const int64_t* in_keys = inputs.keys.data();
   const int64_t in_count = static_cast<int64_t>(inputs.keys.size());
   const int64_t blocks = (outputs + kOutputBlock - 1) / kOutputBlock;
   at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
     std::vector<int64_t> cursor(taps);
-    int64_t candidate[kMaxDims];
+    int64_t candidate[kMaxDims], corner[kMaxDims];
     for (int64_t block = begin; block < end; ++block) {
       std::fill(cursor.begin(), cursor.end(), -1);
       const int64_t last = std::min(outputs, (block + 1) * kOutputBlock);
@@ -111,15 +135,27 @@ at::Tensor kernel_map_cpu(const at::Tensor& in_indices_in, const at::Tensor& out
         const int64_t row = sorted_outputs.order[position];
         const int32_t* site = out_data + row * (dims + 1);
         int32_t* row_result = result + row * taps;
+        // Sites whose whole window lies inside the grid (most of them) skip the per-axis checks: their
+        // candidate keys are the window corner's key plus a per-tap constant.
+        bool interior = true;
+        for (int axis = 0; axis < dims; ++axis) {
+          corner[axis] = site[axis + 1] * geometry.stride[axis] - geometry.padding[axis];
+          interior = interior && corner[axis] >= 0 && corner[axis] + window[axis] < geometry.shape[axis];
+        }
+        const int64_t corner_key = interior ? linear_key(site[0], corner, geometry.shape, dims) : 0;
         for (int64_t tap = 0; tap < taps; ++tap) {
-          bool inside = true;
-          for (int axis = 0; axis < dims; ++axis) {
-            candidate[axis] = site[axis + 1] * geometry.stride[axis] - geometry.padding[axis] +
-                              tap_offsets[tap * dims + axis] * geometry.dilation[axis];
-            inside = inside && candidate[axis] >= 0 && candidate[axis] < geometry.shape[axis];
+          int64_t key;
+          if (interior) {
+            key = corner_key + tap_deltas[tap];
+          } else {
+            bool inside = true;
+            for (int axis = 0; axis < dims; ++axis) {
+              candidate[axis] = corner[axis] + tap_offsets[tap * dims + axis] * geometry.dilation[axis];
+              inside = inside && candidate[axis] >= 0 && candidate[axis] < geometry.shape[axis];
+            }
+            if (!inside) continue;
+            key = linear_key(site[0], candidate, geometry.shape, dims);
           }
-          if (!inside) continue;
-          const int64_t key = linear_key(site[0], candidate, geometry.shape, dims);
           int64_t& at = cursor[tap];
           if (at < 0) {
             at = std::lower_bound(in_keys, in_keys + in_count, key) - in_keys;
