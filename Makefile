@@ -48,6 +48,7 @@ demo: build system-deps
 bench: build
 	mkdir -p outputs/bench
 	$(PY) tools/benchmark/token_routing.py --quick --json outputs/bench/token_routing.json
+	$(PY) tools/benchmark/sparse_conv.py --quick --json outputs/bench/sparse_conv.json
 
 clean:
 	rm -rf build $(EXTENSION) sparsevision/.mim outputs

@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <numeric>
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -95,19 +96,23 @@ at::Tensor kernel_map_cpu(const at::Tensor& in_indices_in, const at::Tensor& out
   if (outputs == 0 || in_indices.size(0) == 0) return neighbors;
 
   const SortedCoordinates inputs(in_indices, geometry.shape, dims, "kernel_map: in_indices");
-  // Visit outputs in lexicographic order; their own grid only needs to bound the coordinates.
+  // Visit outputs in lexicographic order (sorted once more unless they are the input sites); their own
+  // grid only needs to bound their coordinates.
   const int32_t* out_data = out_indices.data_ptr<int32_t>();
-  int64_t out_bounds[kMaxDims];
-  for (int axis = 0; axis < dims; ++axis) {
-    int64_t largest = 0;
-    for (int64_t row = 0; row < outputs; ++row) {
-      largest = std::max<int64_t>(largest, out_data[row * (dims + 1) + axis + 1]);
-    }
-    out_bounds[axis] = largest + 1;
-  }
   const bool same_sites = in_indices.data_ptr() == out_indices.data_ptr() && in_indices.size(0) == outputs;
-  const SortedCoordinates sorted_outputs =
-      same_sites ? inputs : SortedCoordinates(out_indices, out_bounds, dims, "kernel_map: out_indices");
+  std::optional<SortedCoordinates> own_order;
+  if (!same_sites) {
+    int64_t out_bounds[kMaxDims];
+    for (int axis = 0; axis < dims; ++axis) {
+      int64_t largest = 0;
+      for (int64_t row = 0; row < outputs; ++row) {
+        largest = std::max<int64_t>(largest, out_data[row * (dims + 1) + axis + 1]);
+      }
+      out_bounds[axis] = largest + 1;
+    }
+    own_order.emplace(out_indices, out_bounds, dims, "kernel_map: out_indices");
+  }
+  const SortedCoordinates& sorted_outputs = same_sites ? inputs : *own_order;
 
   std::vector<int64_t> tap_offsets(taps * dims), tap_deltas(taps, 0);
   int64_t window[kMaxDims], axis_strides[kMaxDims];

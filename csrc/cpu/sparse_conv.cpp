@@ -20,6 +20,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstring>
 #include <vector>
 
 namespace sparsevision {
@@ -122,6 +123,30 @@ SV_VECTOR_CLONES void convolve_range(const scalar_t* features, const acc_t* weig
   }
 }
 
+// 64-byte vectors (GCC/Clang vector extensions): each target clone lowers them to its own instructions.
+// (Declared per type: GCC drops vector_size on a dependent alias template.)
+template <typename T>
+struct VectorOf;
+template <>
+struct VectorOf<float> {
+  typedef float type __attribute__((vector_size(64)));
+};
+template <>
+struct VectorOf<double> {
+  typedef double type __attribute__((vector_size(64)));
+};
+template <typename T>
+using Vector = typename VectorOf<T>::type;
+template <typename T>
+constexpr int kLanes = 64 / sizeof(T);
+
+template <typename T>
+inline __attribute__((always_inline)) Vector<T> load_vector(const T* source) {
+  Vector<T> value;
+  std::memcpy(&value, source, sizeof(value));
+  return value;
+}
+
 // groups == 1 and out_channels a multiple of Chunk: one output row at a time, with a Chunk-wide slice of its
 // accumulators in registers across all taps and input channels. The row's sum runs over taps, then input
 // channels, in order, and every row takes this same path whatever the thread split, so results are
@@ -133,6 +158,8 @@ SV_VECTOR_CLONES void convolve_rows_in_registers(const scalar_t* features, const
                                                  int64_t begin, int64_t end) {
   const int64_t taps = shape->taps, in_channels = shape->in_channels, out_channels = shape->out_channels;
   constexpr bool convert = !std::is_same_v<scalar_t, acc_t>;
+  constexpr int kVectors = Chunk / kLanes<acc_t>;
+  static_assert(Chunk % kLanes<acc_t> == 0, "Chunk must be a whole number of vectors");
   std::vector<acc_t> converted(convert ? taps * in_channels : 0);
   for (int64_t m = begin; m < end; ++m) {
     const int32_t* row_neighbors = neighbors + m * taps;
@@ -144,7 +171,7 @@ SV_VECTOR_CLONES void convolve_rows_in_registers(const scalar_t* features, const
       }
     }
     for (int64_t o0 = 0; o0 < out_channels; o0 += Chunk) {
-      acc_t acc[Chunk] = {};
+      Vector<acc_t> acc[kVectors] = {};
       for (int64_t k = 0; k < taps; ++k) {
         const int32_t n = row_neighbors[k];
         if (n < 0) continue;
@@ -158,11 +185,14 @@ SV_VECTOR_CLONES void convolve_rows_in_registers(const scalar_t* features, const
         for (int64_t i = 0; i < in_channels; ++i) {
           const acc_t v = x[i];
           const acc_t* w_row = w + i * out_channels;
-#pragma GCC unroll 64
-          for (int j = 0; j < Chunk; ++j) acc[j] += v * w_row[j];
+          for (int c = 0; c < kVectors; ++c) acc[c] += v * load_vector(w_row + c * kLanes<acc_t>);
         }
       }
-      for (int j = 0; j < Chunk; ++j) out[m * out_channels + o0 + j] = static_cast<scalar_t>(acc[j]);
+      for (int c = 0; c < kVectors; ++c) {
+        for (int j = 0; j < kLanes<acc_t>; ++j) {
+          out[m * out_channels + o0 + c * kLanes<acc_t> + j] = static_cast<scalar_t>(acc[c][j]);
+        }
+      }
     }
   }
 }

@@ -6,7 +6,7 @@ builders. Peer: ``spconv.pytorch`` 2.3.8 (its CPU wheel runs ``ConvAlgo.Native``
 
 Inputs: (a) a LiDAR-like street scene: a ground plane, buildings, parked cars and poles laid out by a seeded numpy
 generator, ray-cast with open3d's ``RaycastingScene`` from 64 beams x 2048 azimuths at five sensor positions along
-the street (aggregated sweeps), voxelised at 0.1 m; (b) the real meshes in ``/work/shared/data/meshes`` (bunny,
+the street (aggregated sweeps), voxelised at 0.1 m; (b) the real meshes in ``../shared/data/meshes`` (bunny,
 airplane), area-weighted surface samples voxelised so the longest side spans 200 voxels (skipped if missing).
 Sites are sorted by (z, y, x) and form one batch sample.
 
@@ -18,21 +18,25 @@ both libraries reuse it, checked by counting builds), forward and forward+backwa
 Forward+backward returns the input and weight gradients of ``sum(out ** 2) / 2``.
 
 ``ratio`` is ours/peer time: lower is better, below 1 means ours is faster. It is the median of the per-round ratios
-(rounds alternate which side runs first, best of ``REPETITIONS`` per side per round); ``spread`` is their min-max.
+(rounds alternate which side runs first; each side best of ``REPETITIONS``, 5 for short calls, per round); ``spread``
+is their min-max.
 ``GFLOP/s`` = 2 * pairs * C_in * C_out / time (pairs = kernel-map entries >= 0); forward+backward counts 3x; rows that
 include the map build count only the convolution's flops.
 
 ``match``: our output against spconv's output at 1 thread (the oracle; spconv 2.3.8 races on CPU above 1 thread),
 max abs diff <= ``RELATIVE_TOLERANCE`` * max|oracle| for each float tensor, exact for kernel maps and output sites
 (rows of strided outputs and kernel maps are compared in sorted-site order). Above 1 thread, ``spconv = own 1t``
-says whether spconv's output still equals its own 1-thread output (a finding about the peer, not a failure of ours).
+says whether spconv's output still matches its own 1-thread output under the same tolerance, with the relative
+difference when not (a finding about the peer, not a failure of ours); ``ours = own 1t`` whether ours is bitwise
+identical to our 1-thread output.
 
 Peer patches, printed in the header: ``spconv.pytorch.ops.get_current_stream = lambda: 0`` (its CPU backward asks
 for a CUDA stream); spconv's bundled OpenMP runtime (separate from torch's) is set to the same thread count.
 
 Follows ``/work/shared/BENCHMARKS.md``. Beyond its JSON schema, every row has ``threads``, ``sites``, ``pairs``,
-``gflops_peer``, ``relative_diff`` (max abs diff / max|oracle|), ``peer_matches_own_1thread`` and
-``ours_bitwise_as_1thread`` (null at 1 thread); ``machine.threads`` is a list when several thread counts ran.
+``gflops_peer``, ``repetitions``, ``relative_diff`` (max abs diff / max|oracle|), ``peer_matches_own_1thread``,
+``peer_relative_diff_vs_own_1thread`` and ``ours_bitwise_as_1thread`` (these three null at 1 thread);
+``machine.threads`` is a list when several thread counts ran.
 
 Usage::
 
@@ -65,10 +69,10 @@ import sparsevision.sparse as sv
 from sparsevision import ops
 from sparsevision.sparse import kernel_maps as our_kernel_maps
 
-MESH_FOLDER = Path('/work/shared/data/meshes')
+MESH_FOLDER = Path(__file__).resolve().parents[3] / 'shared' / 'data' / 'meshes'   # beside the checkout, as in tests
 MESH_FILES = ['bunny10k.obj', 'airplane.obj']
 MESH_RESOLUTION = 200             # voxels along a mesh's longest side
-MESH_SAMPLES = 2_000_000          # surface samples per mesh (about 30 per occupied voxel: no holes)
+MESH_SAMPLES = 2_000_000          # surface samples per mesh (over 15 per occupied voxel: no holes)
 VOXEL_SIZE_M = 0.1
 SUBMANIFOLD_CHANNELS = [16, 32, 64, 128]
 HEADLINE_CHANNELS = 64
@@ -539,13 +543,13 @@ def run_case(case: Case, thread_counts: Sequence[int], rounds: int, target_s: fl
         set_threads(threads)
         match, max_abs_diff, relative_diff = compare(our_one_thread, oracle)
         our_first_s, peer_first_s = one_thread_first_s
-        peer_self = ours_bitwise = None
+        peer_self = peer_self_relative = ours_bitwise = None
         if threads != 1:
             our_result, our_first_s = timed_call(case.ours, device)
             peer_result, peer_first_s = timed_call(case.peer, device)
             ours_now = case.comparable_ours(our_result)
             match, max_abs_diff, relative_diff = compare(ours_now, oracle)
-            peer_self = compare(case.comparable_peer(peer_result), oracle)[0]
+            peer_self, _, peer_self_relative = compare(case.comparable_peer(peer_result), oracle)
             ours_bitwise = bitwise_equal(ours_now, our_one_thread)
             del our_result, peer_result, ours_now
         ours_times, peer_times, repetitions = time_rounds(case, rounds, target_s, our_first_s, peer_first_s, device)
@@ -565,6 +569,8 @@ def run_case(case: Case, thread_counts: Sequence[int], rounds: int, target_s: fl
             'max_abs_diff': max_abs_diff if math.isfinite(max_abs_diff) else None,
             'relative_diff': relative_diff if math.isfinite(relative_diff) else None,
             'peer_matches_own_1thread': peer_self,
+            'peer_relative_diff_vs_own_1thread': peer_self_relative if peer_self_relative is None or
+            math.isfinite(peer_self_relative) else None,
             'ours_bitwise_as_1thread': ours_bitwise,
             'gflops_ours': case.flops / ours_s / 1e9 if case.flops else None,
             'gflops_peer': case.flops / peer_s / 1e9 if case.flops else None,
@@ -590,6 +596,14 @@ def yes_no(value) -> str:
     return '-' if value is None else 'yes' if value else 'NO'
 
 
+def peer_self_cell(row: dict) -> str:
+    """Whether spconv matches its own 1-thread output; when not, by how much (relative to max|oracle|)."""
+    if row['peer_matches_own_1thread'] is not False:
+        return yes_no(row['peer_matches_own_1thread'])
+    relative = row['peer_relative_diff_vs_own_1thread']
+    return 'NO (shape)' if relative is None else f'NO ({relative:.0e} rel)'
+
+
 def print_table(rows: List[dict]) -> None:
     header = ['case', 'ours ms', 'peer ms', 'ours GFLOP/s', 'peer GFLOP/s', 'match (max abs / rel diff)',
               'spconv = own 1t', 'ours = own 1t', 'spread', 'ratio']
@@ -601,7 +615,7 @@ def print_table(rows: List[dict]) -> None:
                       '-' if row['gflops_ours'] is None else f'{row["gflops_ours"]:.1f}',
                       '-' if row['gflops_peer'] is None else f'{row["gflops_peer"]:.1f}',
                       f'{yes_no(row["match"])} ({difference})',
-                      yes_no(row['peer_matches_own_1thread']), yes_no(row['ours_bitwise_as_1thread']),
+                      peer_self_cell(row), yes_no(row['ours_bitwise_as_1thread']),
                       f'{min(row["rounds"]):.2f}-{max(row["rounds"]):.2f}', f'{row["ratio"]:.2f}'])
     widths = [max(len(line[column]) for line in [header] + table) for column in range(len(header))]
     for line in [header, ['-' * width for width in widths]] + table:
@@ -649,10 +663,11 @@ def main():
     print('peer patches: spconv.pytorch.ops.get_current_stream = lambda: 0 (its CPU backward asks for a CUDA stream); '
           + ('spconv\'s bundled OpenMP runtime set to the thread count too'
              if SPCONV_OPENMP is not None else 'spconv\'s OpenMP runtime not found: only torch\'s threads are set'))
-    print(f'float32, bias off; {rounds} rounds, each side best of {REPETITIONS} repetitions (5 for calls under '
-          f'{SHORT_CALL_S * 1e3:.0f} ms) of about {target_s * 1e3:.0f} ms of calls; '
-          f'match = ours vs spconv at 1 thread, max abs diff <= {RELATIVE_TOLERANCE:g} * max|spconv| per tensor '
-          '(kernel maps and sites exact); GFLOP/s = 2 * pairs * C_in * C_out / time, fwd+bwd 3x; '
+    print(f'timing: float32, bias off; {rounds} rounds alternating sides, each side best of {REPETITIONS} repetitions '
+          f'(5 for calls under {SHORT_CALL_S * 1e3:.0f} ms) of about {target_s * 1e3:.0f} ms of calls; the check call '
+          'is the warm-up')
+    print(f'match = ours vs spconv at 1 thread (the oracle), max abs diff <= {RELATIVE_TOLERANCE:g} * max|spconv| per '
+          'tensor, kernel maps and sites exact; GFLOP/s = 2 * pairs * C_in * C_out / time, fwd+bwd 3x; '
           'ratio = ours/peer time, median over rounds (lower is better)')
     cases = all_cases(args.quick, args.device)
     previous_threads = torch.get_num_threads()
