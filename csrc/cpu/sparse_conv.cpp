@@ -312,6 +312,59 @@ SV_VECTOR_CLONES void weight_grad_range(const scalar_t* features, const scalar_t
   }
 }
 
+// groups == 1 and out_channels a multiple of Chunk: one task per (tap, Chunk output channels). The tap's pairs
+// are walked in tiles whose input and gradient rows are first copied next to each other (so they stay in L1);
+// for every 4 input channels the 4 x Chunk gradient block is held in registers over the tile. Each element
+// still sums the pairs in list order, and the path is chosen by shape alone, so results are deterministic.
+template <int Chunk, typename scalar_t, typename acc_t>
+SV_VECTOR_CLONES void weight_grad_in_registers(const scalar_t* features, const scalar_t* grad_output,
+                                               const PairsByTap* pairs, acc_t* grad_weight, const ConvShape* shape,
+                                               int64_t begin, int64_t end) {
+  constexpr int kInputs = 4, kTile = 64;
+  constexpr int kVectors = Chunk / kLanes<acc_t>;
+  const int64_t in_channels = shape->in_channels, out_channels = shape->out_channels;
+  const int64_t padded_inputs = (in_channels + kInputs - 1) / kInputs * kInputs;
+  const int64_t chunks = out_channels / Chunk;
+  std::vector<acc_t> inputs_tile(kTile * padded_inputs, acc_t(0));
+  std::vector<acc_t> gradients_tile(kTile * Chunk);
+  std::vector<acc_t> block(padded_inputs * Chunk);
+  for (int64_t task = begin; task < end; ++task) {
+    const int64_t k = task / chunks, o0 = task % chunks * Chunk;
+    std::fill(block.begin(), block.end(), acc_t(0));
+    for (int64_t first = pairs->offsets[k]; first < pairs->offsets[k + 1]; first += kTile) {
+      const int tile = static_cast<int>(std::min<int64_t>(kTile, pairs->offsets[k + 1] - first));
+      for (int t = 0; t < tile; ++t) {
+        const scalar_t* x = features + int64_t(pairs->inputs[first + t]) * in_channels;
+        const scalar_t* dy = grad_output + int64_t(pairs->outputs[first + t]) * out_channels + o0;
+        for (int64_t i = 0; i < in_channels; ++i) inputs_tile[t * padded_inputs + i] = static_cast<acc_t>(x[i]);
+        for (int j = 0; j < Chunk; ++j) gradients_tile[t * Chunk + j] = static_cast<acc_t>(dy[j]);
+      }
+      for (int64_t i0 = 0; i0 < padded_inputs; i0 += kInputs) {
+        Vector<acc_t> acc[kInputs][kVectors];
+        for (int r = 0; r < kInputs; ++r) {
+          for (int c = 0; c < kVectors; ++c) acc[r][c] = load_vector(&block[(i0 + r) * Chunk + c * kLanes<acc_t>]);
+        }
+        for (int t = 0; t < tile; ++t) {
+          const acc_t* x = inputs_tile.data() + t * padded_inputs + i0;
+          Vector<acc_t> dy[kVectors];
+          for (int c = 0; c < kVectors; ++c) dy[c] = load_vector(&gradients_tile[t * Chunk + c * kLanes<acc_t>]);
+          for (int r = 0; r < kInputs; ++r) {
+            for (int c = 0; c < kVectors; ++c) acc[r][c] += x[r] * dy[c];
+          }
+        }
+        for (int r = 0; r < kInputs; ++r) {
+          for (int c = 0; c < kVectors; ++c) {
+            std::memcpy(&block[(i0 + r) * Chunk + c * kLanes<acc_t>], &acc[r][c], sizeof(acc[r][c]));
+          }
+        }
+      }
+    }
+    for (int64_t i = 0; i < in_channels; ++i) {
+      std::memcpy(grad_weight + (k * in_channels + i) * out_channels + o0, &block[i * Chunk], Chunk * sizeof(acc_t));
+    }
+  }
+}
+
 at::Tensor sparse_conv_weight_grad_cpu(const at::Tensor& features_in, const at::Tensor& grad_output_in,
                                        const at::Tensor& neighbors_in, const at::Tensor& inverse_neighbors,
                                        int64_t groups) {
@@ -334,10 +387,26 @@ at::Tensor sparse_conv_weight_grad_cpu(const at::Tensor& features_in, const at::
     const int64_t channel_blocks = std::max<int64_t>(1, (in_per_group + kChannelBlock - 1) / kChannelBlock);
     if (in_per_group > 0) {
       const PairsByTap pairs(neighbors.data_ptr<int32_t>(), shape.outputs, taps);
-      at::parallel_for(0, taps * channel_blocks, 1, [&](int64_t begin, int64_t end) {
-        weight_grad_range<scalar_t, acc_t>(features.data_ptr<scalar_t>(), grad_output.data_ptr<scalar_t>(), &pairs,
-                                           grad_weight.data_ptr<acc_t>(), &shape, channel_blocks, begin, end);
-      });
+      const scalar_t* x = features.data_ptr<scalar_t>();
+      const scalar_t* dy = grad_output.data_ptr<scalar_t>();
+      acc_t* dw = grad_weight.data_ptr<acc_t>();
+      auto in_registers = [&](auto kernel, int64_t chunk) {
+        const int64_t tasks = taps * (shape.out_channels / chunk);
+        at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+          kernel(x, dy, &pairs, dw, &shape, begin, end);
+        });
+      };
+      if (groups == 1 && shape.out_channels % 64 == 0) {
+        in_registers(weight_grad_in_registers<64, scalar_t, acc_t>, 64);
+      } else if (groups == 1 && shape.out_channels % 32 == 0) {
+        in_registers(weight_grad_in_registers<32, scalar_t, acc_t>, 32);
+      } else if (groups == 1 && shape.out_channels % 16 == 0) {
+        in_registers(weight_grad_in_registers<16, scalar_t, acc_t>, 16);
+      } else {
+        at::parallel_for(0, taps * channel_blocks, 1, [&](int64_t begin, int64_t end) {
+          weight_grad_range<scalar_t, acc_t>(x, dy, &pairs, dw, &shape, channel_blocks, begin, end);
+        });
+      }
     }
     result = grad_weight.to(features.scalar_type());
   });
