@@ -23,13 +23,15 @@ namespace {
 
 constexpr int64_t kOutputBlock = 2048;
 
-// Stable LSD radix sort of (key, row) by key (keys >= 0), 11 bits per pass over the bits the keys use.
+// Stable LSD radix sort of keys (>= 0), 11 bits per pass over the bits they use; `rows` (when not empty)
+// is permuted along with them.
 void radix_sort(std::vector<int64_t>& keys, std::vector<int64_t>& rows) {
   constexpr int kBits = 11;
   constexpr int64_t kBuckets = int64_t(1) << kBits;
   const int64_t count = static_cast<int64_t>(keys.size());
+  const bool with_rows = !rows.empty();
   const int64_t largest = count ? *std::max_element(keys.begin(), keys.end()) : 0;
-  std::vector<int64_t> key_buffer(count), row_buffer(count), histogram(kBuckets);
+  std::vector<int64_t> key_buffer(count), row_buffer(with_rows ? count : 0), histogram(kBuckets);
   for (int shift = 0; shift < 64 && (largest >> shift) > 0; shift += kBits) {
     std::fill(histogram.begin(), histogram.end(), 0);
     for (int64_t i = 0; i < count; ++i) ++histogram[(keys[i] >> shift) & (kBuckets - 1)];
@@ -38,7 +40,7 @@ void radix_sort(std::vector<int64_t>& keys, std::vector<int64_t>& rows) {
     for (int64_t i = 0; i < count; ++i) {
       const int64_t target = histogram[(keys[i] >> shift) & (kBuckets - 1)]++;
       key_buffer[target] = keys[i];
-      row_buffer[target] = rows[i];
+      if (with_rows) row_buffer[target] = rows[i];
     }
     keys.swap(key_buffer);
     rows.swap(row_buffer);
@@ -189,27 +191,48 @@ at::Tensor downsample_indices_cpu(const at::Tensor& indices_in, at::IntArrayRef 
                        geometry.dilation[axis] * (geometry.kernel[axis] - 1) - 1) / geometry.stride[axis] + 1;
     TORCH_CHECK_VALUE(out_shape[axis] > 0, "downsample_indices: the kernel does not fit the grid on axis ", axis);
   }
-  const int64_t rows = indices.size(0), taps = geometry.taps;
-  std::vector<int64_t> candidates(rows * taps);
+  // Per axis, the outputs an input coordinate reaches are found once (a few divisions per axis instead of
+  // per tap); a row's candidates are their product. Each row owns `per_row` slots, -1 where unused.
+  const int64_t rows = indices.size(0);
+  int64_t per_row = 1;
+  for (int axis = 0; axis < dims; ++axis) {
+    TORCH_CHECK_VALUE(geometry.kernel[axis] <= 64, "downsample_indices: kernel sizes above 64 are not supported");
+    per_row *= geometry.kernel[axis];
+  }
+  std::vector<int64_t> candidates(rows * per_row);
   const int32_t* data = indices.data_ptr<int32_t>();
   at::parallel_for(0, rows, 4096, [&](int64_t begin, int64_t end) {
-    int64_t tap_index[kMaxDims], output[kMaxDims];
+    int64_t reached[kMaxDims][64], counts[kMaxDims], output[kMaxDims], position[kMaxDims];
     for (int64_t row = begin; row < end; ++row) {
       const int32_t* site = data + row * (dims + 1);
-      for (int64_t tap = 0; tap < taps; ++tap) {
-        geometry.tap_index(tap, tap_index);
-        bool reachable = true;
-        for (int axis = 0; axis < dims && reachable; ++axis) {
-          const int64_t numerator = site[axis + 1] + geometry.padding[axis] - tap_index[axis] * geometry.dilation[axis];
-          output[axis] = numerator / geometry.stride[axis];
-          reachable = numerator >= 0 && numerator % geometry.stride[axis] == 0 && output[axis] < out_shape[axis];
+      int64_t* slots = candidates.data() + row * per_row;
+      std::fill(slots, slots + per_row, -1);
+      bool any = true;
+      for (int axis = 0; axis < dims; ++axis) {
+        counts[axis] = 0;
+        for (int64_t t = 0; t < geometry.kernel[axis]; ++t) {
+          const int64_t numerator = site[axis + 1] + geometry.padding[axis] - t * geometry.dilation[axis];
+          if (numerator >= 0 && numerator % geometry.stride[axis] == 0 &&
+              numerator / geometry.stride[axis] < out_shape[axis]) {
+            reached[axis][counts[axis]++] = numerator / geometry.stride[axis];
+          }
         }
-        candidates[row * taps + tap] = reachable ? linear_key(site[0], output, out_shape, dims) : -1;
+        any = any && counts[axis] > 0;
+        position[axis] = 0;
+      }
+      if (!any) continue;
+      for (int64_t slot = 0;; ++slot) {  // odometer over the per-axis lists
+        for (int axis = 0; axis < dims; ++axis) output[axis] = reached[axis][position[axis]];
+        slots[slot] = linear_key(site[0], output, out_shape, dims);
+        int axis = dims - 1;
+        while (axis >= 0 && ++position[axis] == counts[axis]) position[axis--] = 0;
+        if (axis < 0) break;
       }
     }
   });
   candidates.erase(std::remove(candidates.begin(), candidates.end(), -1), candidates.end());
-  std::sort(candidates.begin(), candidates.end());
+  std::vector<int64_t> no_rows;
+  radix_sort(candidates, no_rows);
   candidates.erase(std::unique(candidates.begin(), candidates.end()), candidates.end());
   const int64_t outputs = static_cast<int64_t>(candidates.size());
   at::Tensor result = at::empty({outputs, dims + 1}, indices.options());
@@ -227,11 +250,36 @@ at::Tensor downsample_indices_cpu(const at::Tensor& indices_in, at::IntArrayRef 
   return result;
 }
 
+// inverse[neighbors[m, k], k] = m. In a kernel map an input feeds at most one output per tap; a map where two
+// outputs read the same input through the same tap is rejected (it has no inverse).
+at::Tensor invert_kernel_map_cpu(const at::Tensor& neighbors_in, int64_t num_inputs) {
+  TORCH_CHECK_VALUE(neighbors_in.dim() == 2 && neighbors_in.scalar_type() == at::kInt,
+                    "invert_kernel_map: neighbors must be an int32 [M, K] kernel map");
+  const at::Tensor neighbors = neighbors_in.contiguous();
+  const int64_t outputs = neighbors.size(0), taps = neighbors.size(1);
+  at::Tensor inverse = at::full({num_inputs, taps}, -1, neighbors.options());
+  const int32_t* map = neighbors.data_ptr<int32_t>();
+  int32_t* result = inverse.data_ptr<int32_t>();
+  for (int64_t m = 0; m < outputs; ++m) {
+    for (int64_t k = 0; k < taps; ++k) {
+      const int32_t n = map[m * taps + k];
+      if (n < 0) continue;
+      TORCH_CHECK_VALUE(n < num_inputs, "invert_kernel_map: entry ", n, " is not an input row below ", num_inputs);
+      int32_t& slot = result[int64_t(n) * taps + k];
+      TORCH_CHECK_VALUE(slot < 0, "invert_kernel_map: input ", n, " is read by outputs ", slot, " and ", m,
+                        " through tap ", k, "; that is not a convolution's kernel map");
+      slot = static_cast<int32_t>(m);
+    }
+  }
+  return inverse;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(sparsevision, CPU, m) {
   m.impl("kernel_map", &kernel_map_cpu);
   m.impl("downsample_indices", &downsample_indices_cpu);
+  m.impl("invert_kernel_map", &invert_kernel_map_cpu);
 }
 
 }  // namespace sparsevision

@@ -14,6 +14,7 @@ from .coordinates import MAX_LINEAR_KEY, IntOrSequence, expand_argument, output_
 
 _kernel_map = torch.ops.sparsevision.kernel_map.default
 _downsample_indices = torch.ops.sparsevision.downsample_indices.default
+_invert_kernel_map = torch.ops.sparsevision.invert_kernel_map.default
 
 
 def check_indices(indices: torch.Tensor, spatial_shape: Sequence[int], batch_size: Optional[int] = None,
@@ -122,12 +123,16 @@ def invert_kernel_map(neighbors: torch.Tensor, num_inputs: int) -> torch.Tensor:
     An input reaches at most one output per tap, so this is a permutation of the
     map's entries: it drives the input gradient of a convolution and the inverse
     (transposed) convolution without atomics.
+
+    Raises:
+        ValueError: a map that is not int32 ``[M, K]``, names inputs outside ``[0, num_inputs)``, or has two
+            outputs reading one input through the same tap.
     """
-    outputs, taps = neighbors.shape
-    inverse = torch.full((num_inputs, taps), -1, dtype=torch.int32, device=neighbors.device)
-    rows, columns = (neighbors >= 0).nonzero(as_tuple=True)
-    inverse[neighbors[rows, columns].long(), columns] = rows.to(torch.int32)
-    return inverse
+    if neighbors.dim() != 2 or neighbors.dtype != torch.int32:
+        raise ValueError(f'neighbors must be an int32 [M, K] kernel map, got {neighbors.dtype} {tuple(neighbors.shape)}')
+    if neighbors.numel() and not torch.compiler.is_compiling() and neighbors.max().item() >= num_inputs:
+        raise ValueError(f'the kernel map names input {neighbors.max().item()} but there are only {num_inputs}')
+    return _invert_kernel_map(neighbors, num_inputs)
 
 
 @torch.library.register_fake('sparsevision::kernel_map')
@@ -142,3 +147,8 @@ def _kernel_map_fake(in_indices, out_indices, spatial_shape, kernel_size, stride
 def _downsample_indices_fake(indices, spatial_shape, kernel_size, stride, padding, dilation):
     outputs = torch.library.get_ctx().new_dynamic_size()
     return indices.new_empty(outputs, indices.shape[1])
+
+
+@torch.library.register_fake('sparsevision::invert_kernel_map')
+def _invert_kernel_map_fake(neighbors, num_inputs):
+    return neighbors.new_empty(num_inputs, neighbors.shape[1])

@@ -23,6 +23,7 @@ SCHEMAS = {
                    'int[] stride, int[] padding, int[] dilation) -> Tensor'),
     'downsample_indices': ('downsample_indices(Tensor indices, int[] spatial_shape, int[] kernel_size, '
                            'int[] stride, int[] padding, int[] dilation) -> Tensor'),
+    'invert_kernel_map': 'invert_kernel_map(Tensor neighbors, SymInt num_inputs) -> Tensor',
     'sparse_conv': ('sparse_conv(Tensor features, Tensor weight, Tensor neighbors, Tensor inverse_neighbors, '
                     'int groups) -> Tensor'),
     'sparse_conv_weight_grad': ('sparse_conv_weight_grad(Tensor features, Tensor grad_output, Tensor neighbors, '

@@ -102,6 +102,17 @@ def downsample_indices(indices: torch.Tensor, spatial_shape: List[int], kernel_s
     return keys_to_coordinates(keys, out_shape)
 
 
+def invert_kernel_map(neighbors: torch.Tensor, num_inputs: int) -> torch.Tensor:
+    """``[num_inputs, K]`` int32: the output row each input feeds through each tap (``-1`` none).
+
+    An input feeds at most one output per tap, so the entries of ``neighbors`` are only moved, never combined.
+    """
+    inverse = torch.full((num_inputs, neighbors.shape[1]), -1, dtype=torch.int32, device=neighbors.device)
+    rows, taps = (neighbors >= 0).nonzero(as_tuple=True)
+    inverse[neighbors[rows, taps].long(), taps] = rows.to(torch.int32)
+    return inverse
+
+
 def _sorted_unique_keys(indices: torch.Tensor, spatial_shape: List[int]):
     keys = linear_keys(indices[:, 0], indices[:, 1:], spatial_shape)
     sorted_keys, order = keys.sort()

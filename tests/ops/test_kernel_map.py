@@ -85,6 +85,8 @@ def test_inverse_map_is_the_transpose():
     outputs, _ = ops.downsample_indices(sites, [8, 9, 10], 3, 2, 1)
     neighbors = ops.build_kernel_map(sites, outputs, [8, 9, 10], 3, 2, 1)
     inverse = ops.invert_kernel_map(neighbors, sites.shape[0])
+    assert torch.equal(inverse, reference.invert_kernel_map(neighbors, sites.shape[0]))
+    torch.library.opcheck(torch.ops.sparsevision.invert_kernel_map.default, (neighbors, sites.shape[0]))
     assert (inverse >= 0).sum() == (neighbors >= 0).sum()
     rows, taps = (inverse >= 0).nonzero(as_tuple=True)
     assert torch.equal(neighbors[inverse[rows, taps].long(), taps], rows.to(torch.int32))
@@ -139,6 +141,14 @@ def test_native_op_checks_directly():
     outside = torch.tensor([[0, 1, 9, 1]], dtype=torch.int32)
     with pytest.raises(ValueError, match='outside the grid'):
         torch.ops.sparsevision.downsample_indices(outside, [8, 8, 8], [3] * 3, [2] * 3, [1] * 3, [1] * 3)
+
+
+def test_invert_rejects_maps_that_are_not_invertible():
+    with pytest.raises(ValueError, match='read by outputs 0 and 1 through tap 0'):
+        ops.invert_kernel_map(torch.tensor([[2, -1], [2, 0]], dtype=torch.int32), 3)
+    with pytest.raises(ValueError, match='names input 5 but there are only 3'):
+        ops.invert_kernel_map(torch.tensor([[5]], dtype=torch.int32), 3)
+    assert ops.invert_kernel_map(torch.zeros(0, 27, dtype=torch.int32), 4).eq(-1).all()
 
 
 def test_batch_size_and_grid_limits():
