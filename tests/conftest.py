@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from sparsevision.datasets.mesh_sampling import sample_surface
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MESHES = REPO_ROOT.parent / 'shared' / 'data' / 'meshes'  # real meshes beside the checkout (tests only)
 
@@ -41,15 +43,7 @@ def voxelised_mesh(name: str, resolution: int, points: int = 200_000):
     import open3d
 
     mesh = open3d.io.read_triangle_mesh(str(MESHES / name))
-    corners = np.asarray(mesh.vertices)[np.asarray(mesh.triangles)]
-    areas = np.linalg.norm(np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]), axis=1)
-    rng = np.random.default_rng(0)
-    chosen = rng.choice(len(corners), points, p=areas / areas.sum())
-    u, v = rng.random((2, points, 1))
-    flip = (u + v) > 1
-    u, v = np.where(flip, 1 - u, u), np.where(flip, 1 - v, v)
-    picked = corners[chosen]
-    samples = picked[:, 0] + u * (picked[:, 1] - picked[:, 0]) + v * (picked[:, 2] - picked[:, 0])
+    samples = sample_surface(np.asarray(mesh.vertices), np.asarray(mesh.triangles), points)
     samples -= samples.min(axis=0)
     voxels = np.unique(np.floor(samples / (samples.max() / resolution)).astype(np.int32), axis=0)
     sites = np.concatenate([np.zeros((len(voxels), 1), np.int32), voxels[:, ::-1]], axis=1)

@@ -53,9 +53,9 @@ class SparseTensor:
         indices: ``[N, 1 + D]`` integer coordinates, batch first.
         spatial_shape: the grid size per spatial axis.
         batch_size: number of samples; batch indices must be smaller.
+        grid, voxel_num: spconv's positional arguments, accepted and ignored.
         indice_dict: maps shared with other tensors (spconv's argument).
-        **spconv_options: spconv-only arguments (``grid``, ``voxel_num``,
-            ``benchmark``, ...), accepted so spconv code runs, and ignored.
+        **spconv_options: other spconv-only arguments (``benchmark``, ...), accepted and ignored.
 
     Raises:
         ValueError: mismatched rows, float or malformed indices, coordinates
@@ -63,7 +63,7 @@ class SparseTensor:
     """
 
     def __init__(self, features: torch.Tensor, indices: torch.Tensor, spatial_shape: Sequence[int],
-                 batch_size: int, indice_dict: Optional[dict] = None, **spconv_options):
+                 batch_size: int, grid=None, voxel_num=None, indice_dict: Optional[dict] = None, **spconv_options):
         spatial_shape = [int(size) for size in spatial_shape]
         if features.dim() != 2:
             raise ValueError(f'features must be [N, C], got shape {tuple(features.shape)}')

@@ -45,7 +45,6 @@ Usage::
 import argparse
 import ctypes
 import glob
-import json
 import math
 import os
 import platform
@@ -67,7 +66,10 @@ import torch
 
 import sparsevision.sparse as sv
 from sparsevision import ops
+from sparsevision.datasets.mesh_sampling import sample_surface
 from sparsevision.sparse import kernel_maps as our_kernel_maps
+
+import protocol  # noqa: E402  (tools/benchmark/protocol.py, beside this script)
 
 MESH_FOLDER = Path(__file__).resolve().parents[3] / 'shared' / 'data' / 'meshes'   # beside the checkout, as in tests
 MESH_FILES = ['bunny10k.obj', 'airplane.obj']
@@ -215,15 +217,7 @@ def mesh_sites(path: Path, resolution: int = MESH_RESOLUTION, samples: int = MES
     import open3d
 
     mesh = open3d.io.read_triangle_mesh(str(path))
-    corners = np.asarray(mesh.vertices)[np.asarray(mesh.triangles)]
-    areas = np.linalg.norm(np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]), axis=1)
-    rng = np.random.default_rng(0)
-    chosen = rng.choice(len(corners), samples, p=areas / areas.sum())
-    u, v = rng.random((2, samples, 1))
-    outside = (u + v) > 1
-    u, v = np.where(outside, 1 - u, u), np.where(outside, 1 - v, v)
-    picked = corners[chosen]
-    points = picked[:, 0] + u * (picked[:, 1] - picked[:, 0]) + v * (picked[:, 2] - picked[:, 0])
+    points = sample_surface(np.asarray(mesh.vertices), np.asarray(mesh.triangles), samples)
     voxel_size = np.ptp(points, axis=0).max() / resolution * (1 + 1e-9)
     return voxelise(points, voxel_size, f'{path.stem} mesh {resolution}^3')
 
@@ -449,31 +443,15 @@ def all_cases(quick: bool, device: str) -> List[Case]:
 # Timing and checking.
 # ----------------------------------------------------------------------------------------------------------------
 
-def synchronize(device: str) -> None:
-    if device == 'cuda':
-        torch.cuda.synchronize()
-
 
 def timed_call(function, device: str):
     """One call's result and its time in seconds (the first call of a side is also its warm-up)."""
-    synchronize(device)
+    protocol.synchronize(device)
     start = time.perf_counter()
     result = function()
-    synchronize(device)
+    protocol.synchronize(device)
     return result, time.perf_counter() - start
 
-
-def best_time(function, calls: int, repetitions: int, device: str) -> float:
-    """Best of ``repetitions`` timings of ``calls`` back-to-back calls, in seconds per call."""
-    best = float('inf')
-    for _ in range(repetitions):
-        synchronize(device)
-        start = time.perf_counter()
-        for _ in range(calls):
-            function()
-        synchronize(device)
-        best = min(best, (time.perf_counter() - start) / calls)
-    return best
 
 
 def compare(ours: tuple, oracle: tuple):
@@ -527,7 +505,7 @@ def time_rounds(case: Case, rounds: int, target_s: float, our_first_s: float, pe
     for round_number in range(rounds):
         timings = [(ours_times, case.ours, ours_calls), (peer_times, case.peer, peer_calls)]
         for times, function, calls in timings[::-1] if round_number % 2 else timings:
-            times.append(best_time(function, calls, repetitions, device))
+            times.append(protocol.best_time(function, calls, repetitions, device))
     return ours_times, peer_times, repetitions
 
 
@@ -582,15 +560,6 @@ def run_case(case: Case, thread_counts: Sequence[int], rounds: int, target_s: fl
 # Report.
 # ----------------------------------------------------------------------------------------------------------------
 
-def cpu_name() -> str:
-    try:
-        for line in Path('/proc/cpuinfo').read_text().splitlines():
-            if line.startswith('model name'):
-                return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or 'unknown CPU'
-
 
 def yes_no(value) -> str:
     return '-' if value is None else 'yes' if value else 'NO'
@@ -617,10 +586,7 @@ def print_table(rows: List[dict]) -> None:
                       f'{yes_no(row["match"])} ({difference})',
                       peer_self_cell(row), yes_no(row['ours_bitwise_as_1thread']),
                       f'{min(row["rounds"]):.2f}-{max(row["rounds"]):.2f}', f'{row["ratio"]:.2f}'])
-    widths = [max(len(line[column]) for line in [header] + table) for column in range(len(header))]
-    for line in [header, ['-' * width for width in widths]] + table:
-        print(' | '.join(cell.ljust(width) if column == 0 else cell.rjust(width)
-                         for column, (cell, width) in enumerate(zip(line, widths))))
+    protocol.print_table(header, table)
 
 
 def library_versions() -> str:
@@ -652,7 +618,7 @@ def main():
         sys.exit('--device cuda: the installed spconv is a CPU-only build')
     started = time.perf_counter()
     rounds, target_s = 3, 0.05
-    cpu = cpu_name()
+    cpu = protocol.cpu_name()
     gpu = torch.cuda.get_device_name() if args.device == 'cuda' else None
     threads = args.threads[0] if len(args.threads) == 1 else args.threads
     print(f'sparse_conv benchmark{" (quick)" if args.quick else ""}: ours = sparsevision.sparse / sparsevision.ops, '
@@ -689,14 +655,7 @@ def main():
     print(f'\ntotal {time.perf_counter() - started:.0f} s; load average {os.getloadavg()[0]:.2f} at end '
           '(above the thread count means other processes competed)')
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({
-            'benchmark': 'sparse_conv',
-            'versions': {'sparsevision': sparsevision.__version__, 'torch': torch.__version__, 'peer': PEER},
-            'machine': {'device': args.device, 'threads': threads, 'cpu': cpu, **({'gpu': gpu} if gpu else {})},
-            'rows': rows,
-        }, indent=2) + '\n')
-        print(f'\nwrote {args.json}')
+        protocol.write_json(args.json, 'sparse_conv', PEER, args.device, threads, cpu, gpu, rows)
     if not all(row['match'] for row in rows):
         sys.exit('outputs differ between ours and spconv at 1 thread')
 

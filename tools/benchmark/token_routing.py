@@ -21,7 +21,6 @@ Usage::
     python tools/benchmark/token_routing.py [--quick] [--threads 1 2] [--json PATH] [--device cpu|cuda]
 """
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -40,6 +39,8 @@ except ImportError:
 import torch
 
 from sparsevision.ops import extension_info, gather_tokens, reference, scatter_tokens
+
+import protocol  # noqa: E402  (tools/benchmark/protocol.py, beside this script)
 
 NUM_TOKENS = 197
 CHANNELS = 384
@@ -105,10 +106,6 @@ def all_cases(quick, device):
     return [case for shape in shapes for case in make_cases(*shape, device)]
 
 
-def synchronize(device):
-    if device == 'cuda':
-        torch.cuda.synchronize()
-
 
 def calls_per_repetition(function, device, target_s):
     """How many back-to-back calls fill about ``target_s`` (also the warm-up)."""
@@ -116,22 +113,10 @@ def calls_per_repetition(function, device, target_s):
     while calls < 3 or time.perf_counter() - start < WARMUP_S:
         function()
         calls += 1
-    synchronize(device)
+    protocol.synchronize(device)
     per_call = (time.perf_counter() - start) / calls
     return max(1, round(target_s / per_call))
 
-
-def best_time(function, calls, device):
-    """Best of ``REPETITIONS`` timings of ``calls`` calls, in seconds per call."""
-    best = float('inf')
-    for _ in range(REPETITIONS):
-        synchronize(device)
-        start = time.perf_counter()
-        for _ in range(calls):
-            function()
-        synchronize(device)
-        best = min(best, (time.perf_counter() - start) / calls)
-    return best
 
 
 def max_abs_diff(ours, peer):
@@ -147,7 +132,7 @@ def run_case(case, threads, rounds, target_s, device):
     for round_number in range(rounds):
         timings = [(ours_times, case.ours, ours_calls), (peer_times, case.peer, peer_calls)]
         for times, function, calls in timings[::-1] if round_number % 2 else timings:
-            times.append(best_time(function, calls, device))
+            times.append(protocol.best_time(function, calls, REPETITIONS, device))
     ratios = [ours / peer for ours, peer in zip(ours_times, peer_times)]
     ours_ms = statistics.median(ours_times) * 1e3
     return {
@@ -163,25 +148,13 @@ def run_case(case, threads, rounds, target_s, device):
     }
 
 
-def cpu_name():
-    try:
-        for line in Path('/proc/cpuinfo').read_text().splitlines():
-            if line.startswith('model name'):
-                return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or 'unknown CPU'
-
 
 def print_table(rows):
     header = ['case', 'ours ms', 'peer ms', 'ours GB/s', 'match (max abs diff)', 'spread', 'ratio']
     table = [[row['case'].removesuffix(' (time)'), f'{row["ours_ms"]:.4f}', f'{row["peer_ms"]:.4f}',
               f'{row["gbps_ours"]:.1f}', f'{"yes" if row["match"] else "NO"} ({row["max_abs_diff"]:.1e})',
               f'{min(row["rounds"]):.2f}-{max(row["rounds"]):.2f}', f'{row["ratio"]:.2f}'] for row in rows]
-    widths = [max(len(line[column]) for line in [header] + table) for column in range(len(header))]
-    for line in [header, ['-' * width for width in widths]] + table:
-        print(' | '.join(cell.ljust(width) if column == 0 else cell.rjust(width)
-                         for column, (cell, width) in enumerate(zip(line, widths))))
+    protocol.print_table(header, table)
 
 
 def parse_args():
@@ -199,7 +172,7 @@ def main():
     if args.device == 'cuda' and not torch.cuda.is_available():
         sys.exit('--device cuda: CUDA is not available')
     rounds, target_s = (3, 0.002) if args.quick else (7, 0.01)
-    cpu = cpu_name()
+    cpu = protocol.cpu_name()
     gpu = torch.cuda.get_device_name() if args.device == 'cuda' else None
     threads = args.threads[0] if len(args.threads) == 1 else args.threads
     print(f'token_routing benchmark{" (quick)" if args.quick else ""}: ours = sparsevision.ops, peer = {PEER}')
@@ -218,14 +191,7 @@ def main():
     print_table(rows)
     print(f'\nload average {os.getloadavg()[0]:.2f} at end (above the thread count means other processes competed)')
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({
-            'benchmark': 'token_routing',
-            'versions': {'sparsevision': sparsevision.__version__, 'torch': torch.__version__, 'peer': PEER},
-            'machine': {'device': args.device, 'threads': threads, 'cpu': cpu, **({'gpu': gpu} if gpu else {})},
-            'rows': rows,
-        }, indent=2) + '\n')
-        print(f'\nwrote {args.json}')
+        protocol.write_json(args.json, 'token_routing', PEER, args.device, threads, cpu, gpu, rows)
     if not all(row['match'] for row in rows):
         sys.exit('outputs differ between ours and the peer')
 
