@@ -147,50 +147,87 @@ inline __attribute__((always_inline)) Vector<T> load_vector(const T* source) {
   return value;
 }
 
-// groups == 1 and out_channels a multiple of Chunk: one output row at a time, with a Chunk-wide slice of its
-// accumulators in registers across all taps and input channels. The row's sum runs over taps, then input
-// channels, in order, and every row takes this same path whatever the thread split, so results are
-// bitwise identical at any thread count. (Pairing rows to share weight loads was slower here, and rows
-// taking different code paths depending on the split would break that guarantee.)
+// acc[c] += sum_i x[i] * w[i * stride + c * lanes ...] for one row; the other helper does two rows that share
+// each weight load.
+template <int Vectors, typename acc_t>
+inline __attribute__((always_inline)) void accumulate_row(const acc_t* x, const acc_t* w, int64_t in_channels,
+                                                          int64_t stride, Vector<acc_t>* acc) {
+  for (int64_t i = 0; i < in_channels; ++i) {
+    const acc_t v = x[i];
+    const acc_t* w_row = w + i * stride;
+    for (int c = 0; c < Vectors; ++c) acc[c] += v * load_vector(w_row + c * kLanes<acc_t>);
+  }
+}
+
+template <int Vectors, typename acc_t>
+inline __attribute__((always_inline)) void accumulate_row_pair(const acc_t* x0, const acc_t* x1, const acc_t* w,
+                                                               int64_t in_channels, int64_t stride,
+                                                               Vector<acc_t>* acc0, Vector<acc_t>* acc1) {
+  for (int64_t i = 0; i < in_channels; ++i) {
+    const acc_t v0 = x0[i], v1 = x1[i];
+    const acc_t* w_row = w + i * stride;
+    for (int c = 0; c < Vectors; ++c) {
+      const Vector<acc_t> weights = load_vector(w_row + c * kLanes<acc_t>);
+      acc0[c] += v0 * weights;
+      acc1[c] += v1 * weights;
+    }
+  }
+}
+
+// groups == 1 and out_channels a multiple of Chunk: output rows in fixed pairs (2p, 2p + 1), with Chunk-wide
+// slices of both rows' accumulators in registers across all taps and input channels; a tap present in both rows
+// shares its weight loads. A row's sum runs over taps, then input channels, in order; pairs are fixed by row
+// number, not by the thread split, so every row takes the same instructions whatever the thread count and
+// results are bitwise identical (tested).
 template <int Chunk, typename scalar_t, typename acc_t>
 SV_VECTOR_CLONES void convolve_rows_in_registers(const scalar_t* features, const acc_t* weight,
                                                  const int32_t* neighbors, scalar_t* out, const ConvShape* shape,
-                                                 int64_t begin, int64_t end) {
+                                                 int64_t first_pair, int64_t last_pair) {
   const int64_t taps = shape->taps, in_channels = shape->in_channels, out_channels = shape->out_channels;
   constexpr bool convert = !std::is_same_v<scalar_t, acc_t>;
   constexpr int kVectors = Chunk / kLanes<acc_t>;
   static_assert(Chunk % kLanes<acc_t> == 0, "Chunk must be a whole number of vectors");
-  std::vector<acc_t> converted(convert ? taps * in_channels : 0);
-  for (int64_t m = begin; m < end; ++m) {
-    const int32_t* row_neighbors = neighbors + m * taps;
+  std::vector<acc_t> converted(convert ? 2 * taps * in_channels : 0);
+  for (int64_t pair = first_pair; pair < last_pair; ++pair) {
+    const int64_t m = 2 * pair;
+    const int rows = m + 1 < shape->outputs ? 2 : 1;
+    const int32_t* row_neighbors[2] = {neighbors + m * taps, neighbors + (m + rows - 1) * taps};
     if constexpr (convert) {
-      for (int64_t k = 0; k < taps; ++k) {
-        if (row_neighbors[k] < 0) continue;
-        const scalar_t* source = features + int64_t(row_neighbors[k]) * in_channels;
-        for (int64_t i = 0; i < in_channels; ++i) converted[k * in_channels + i] = static_cast<acc_t>(source[i]);
+      for (int r = 0; r < rows; ++r) {
+        for (int64_t k = 0; k < taps; ++k) {
+          if (row_neighbors[r][k] < 0) continue;
+          const scalar_t* source = features + int64_t(row_neighbors[r][k]) * in_channels;
+          acc_t* target = converted.data() + (r * taps + k) * in_channels;
+          for (int64_t i = 0; i < in_channels; ++i) target[i] = static_cast<acc_t>(source[i]);
+        }
       }
     }
+    auto input = [&](int r, int64_t k) -> const acc_t* {
+      if constexpr (convert) {
+        return converted.data() + (r * taps + k) * in_channels;
+      } else {
+        return features + int64_t(row_neighbors[r][k]) * in_channels;
+      }
+    };
     for (int64_t o0 = 0; o0 < out_channels; o0 += Chunk) {
-      Vector<acc_t> acc[kVectors] = {};
+      Vector<acc_t> acc0[kVectors] = {}, acc1[kVectors] = {};
       for (int64_t k = 0; k < taps; ++k) {
-        const int32_t n = row_neighbors[k];
-        if (n < 0) continue;
-        const acc_t* x;
-        if constexpr (convert) {
-          x = converted.data() + k * in_channels;
-        } else {
-          x = features + int64_t(n) * in_channels;
-        }
+        const bool in_first = row_neighbors[0][k] >= 0, in_second = rows == 2 && row_neighbors[1][k] >= 0;
         const acc_t* w = weight + k * in_channels * out_channels + o0;
-        for (int64_t i = 0; i < in_channels; ++i) {
-          const acc_t v = x[i];
-          const acc_t* w_row = w + i * out_channels;
-          for (int c = 0; c < kVectors; ++c) acc[c] += v * load_vector(w_row + c * kLanes<acc_t>);
+        if (in_first && in_second) {
+          accumulate_row_pair<kVectors>(input(0, k), input(1, k), w, in_channels, out_channels, acc0, acc1);
+        } else if (in_first) {
+          accumulate_row<kVectors>(input(0, k), w, in_channels, out_channels, acc0);
+        } else if (in_second) {
+          accumulate_row<kVectors>(input(1, k), w, in_channels, out_channels, acc1);
         }
       }
-      for (int c = 0; c < kVectors; ++c) {
-        for (int j = 0; j < kLanes<acc_t>; ++j) {
-          out[m * out_channels + o0 + c * kLanes<acc_t> + j] = static_cast<scalar_t>(acc[c][j]);
+      for (int r = 0; r < rows; ++r) {
+        const Vector<acc_t>* acc = r == 0 ? acc0 : acc1;
+        for (int c = 0; c < kVectors; ++c) {
+          for (int j = 0; j < kLanes<acc_t>; ++j) {
+            out[(m + r) * out_channels + o0 + c * kLanes<acc_t> + j] = static_cast<scalar_t>(acc[c][j]);
+          }
         }
       }
     }
@@ -244,7 +281,7 @@ at::Tensor sparse_conv_cpu(const at::Tensor& features_in, const at::Tensor& weig
     const int32_t* map = neighbors.data_ptr<int32_t>();
     scalar_t* y = out.data_ptr<scalar_t>();
     auto in_registers = [&](auto kernel) {
-      at::parallel_for(0, shape.outputs, kRowBlock, [&](int64_t begin, int64_t end) {
+      at::parallel_for(0, (shape.outputs + 1) / 2, kRowBlock / 2, [&](int64_t begin, int64_t end) {
         kernel(x, w, map, y, &shape, begin, end);
       });
     };
