@@ -3,13 +3,15 @@
 // sparse_conv (output-stationary): out[m, o] = sum over taps k (in order) and
 //   input channels i of o's group (in order) of features[neighbors[m, k], i] * weight[k, i_local, o].
 // Every output row is summed by one thread in that fixed order, so results are
-// bitwise identical at any thread count. Rows are processed in blocks; inside a
-// block the rows that have tap k are handled four at a time, so each weight row
-// loaded from cache feeds four accumulators.
+// bitwise identical at any thread count. Two paths, chosen by shape alone:
+// groups == 1 with out_channels a multiple of 16 keeps fixed row pairs' accumulators
+// in vector registers (convolve_rows_in_registers); anything else processes rows in
+// blocks, handling the rows that have tap k four at a time (convolve_range).
 //
 // sparse_conv_weight_grad: grad_weight[k, i_local, o] = sum over m (in order) of
 //   features[neighbors[m, k], i] * grad_output[m, o]; the map is first regrouped into per-tap pair lists,
-//   then one task per (tap, input-channel block) walks its list.
+//   then each task walks one tap's list (register-blocked tiles when groups == 1 and out_channels is a
+//   multiple of 16, else one task per (tap, input-channel block)).
 //
 // The input gradient is sparse_conv itself, on the inverse map with the
 // transposed weight (see sparsevision/ops/sparse_conv.py). Half and bfloat16
