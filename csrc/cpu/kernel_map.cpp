@@ -2,15 +2,18 @@
 //
 // kernel_map: output site o reads, through tap k, the input at
 // o * stride - padding + k * dilation. Inputs are sorted by linear key once;
-// outputs are visited in sorted order, so for a fixed tap the candidate keys
-// of in-range candidates increase too and one forward-moving cursor over the
-// sorted inputs finds them all (a merge, no hashing). Work is split into
-// blocks of sorted outputs, each with one cursor per tap and writing only its
-// own rows, so the result does not depend on the thread count.
+// outputs are visited in sorted order, so the candidate keys of a line of taps
+// (taps differing only along the last axis) increase too and one
+// forward-moving cursor per line over the sorted inputs finds them all (a
+// merge, no hashing). Submanifold maps are symmetric, so only the taps before
+// the centre are searched. Work is split into blocks of sorted outputs, each
+// with its own cursors; every table slot has exactly one writer, so the result
+// does not depend on the thread count.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <limits>
 #include <numeric>
 #include <optional>
 #include <utility>
@@ -23,22 +26,26 @@ namespace {
 
 constexpr int64_t kOutputBlock = 2048;
 
-// Stable LSD radix sort of keys (>= 0), 11 bits per pass over the bits they use; `rows` (when not empty)
-// is permuted along with them.
+// Stable LSD radix sort of keys (>= 0) in as few passes of at most 12 bits as the bits they use need; `rows`
+// (when not empty) is permuted along with them.
 void radix_sort(std::vector<int64_t>& keys, std::vector<int64_t>& rows) {
-  constexpr int kBits = 11;
-  constexpr int64_t kBuckets = int64_t(1) << kBits;
+  constexpr int kMaxBits = 12;
   const int64_t count = static_cast<int64_t>(keys.size());
   const bool with_rows = !rows.empty();
-  const int64_t largest = count ? *std::max_element(keys.begin(), keys.end()) : 0;
-  std::vector<int64_t> key_buffer(count), row_buffer(with_rows ? count : 0), histogram(kBuckets);
-  for (int shift = 0; shift < 64 && (largest >> shift) > 0; shift += kBits) {
+  const uint64_t largest = count ? static_cast<uint64_t>(*std::max_element(keys.begin(), keys.end())) : 0;
+  const int used_bits = largest ? 64 - __builtin_clzll(largest) : 0;
+  const int passes = (used_bits + kMaxBits - 1) / kMaxBits;
+  if (passes == 0) return;
+  const int bits = (used_bits + passes - 1) / passes;
+  const int64_t mask = (int64_t(1) << bits) - 1;
+  std::vector<int64_t> key_buffer(count), row_buffer(with_rows ? count : 0), histogram(mask + 1);
+  for (int shift = 0; shift < used_bits; shift += bits) {
     std::fill(histogram.begin(), histogram.end(), 0);
-    for (int64_t i = 0; i < count; ++i) ++histogram[(keys[i] >> shift) & (kBuckets - 1)];
+    for (int64_t i = 0; i < count; ++i) ++histogram[(keys[i] >> shift) & mask];
     int64_t total = 0;
     for (int64_t& bucket : histogram) total += std::exchange(bucket, total);
     for (int64_t i = 0; i < count; ++i) {
-      const int64_t target = histogram[(keys[i] >> shift) & (kBuckets - 1)]++;
+      const int64_t target = histogram[(keys[i] >> shift) & mask]++;
       key_buffer[target] = keys[i];
       if (with_rows) row_buffer[target] = rows[i];
     }
@@ -49,8 +56,10 @@ void radix_sort(std::vector<int64_t>& keys, std::vector<int64_t>& rows) {
 
 // Linear keys of all rows and the row order that sorts them. Raises on out-of-grid rows and duplicates.
 struct SortedCoordinates {
-  std::vector<int64_t> keys;   // sorted
+  std::vector<int64_t> keys;   // sorted, then one sentinel larger than any key
   std::vector<int64_t> order;  // order[i] = row holding keys[i]
+
+  int64_t size() const { return static_cast<int64_t>(order.size()); }
 
   SortedCoordinates(const at::Tensor& indices, const int64_t* shape, int dims, const char* name) {
     const int64_t rows = indices.size(0);
@@ -80,6 +89,7 @@ struct SortedCoordinates {
       TORCH_CHECK_VALUE(keys[i] != keys[i - 1], name, " has duplicate coordinates (rows ", order[i - 1], " and ",
                         order[i], "); merge duplicate points first (e.g. voxelize with mean pooling)");
     }
+    keys.push_back(std::numeric_limits<int64_t>::max());
   }
 };
 
@@ -116,60 +126,96 @@ at::Tensor kernel_map_cpu(const at::Tensor& in_indices_in, const at::Tensor& out
   }
   const SortedCoordinates& sorted_outputs = same_sites ? inputs : *own_order;
 
-  std::vector<int64_t> tap_offsets(taps * dims), tap_deltas(taps, 0);
-  int64_t window[kMaxDims], axis_strides[kMaxDims];
-  for (int axis = dims - 1; axis >= 0; --axis) {
-    window[axis] = (geometry.kernel[axis] - 1) * geometry.dilation[axis];
-    axis_strides[axis] = axis == dims - 1 ? 1 : axis_strides[axis + 1] * geometry.shape[axis + 1];
+  // A submanifold map (same sites, stride 1, centred odd kernel) is symmetric: output o reads input i through
+  // tap k iff o is i's neighbour through tap K-1-k, and the centre tap is the site itself. Only the taps before
+  // the centre are searched; each hit is also written at its mirror.
+  bool symmetric = same_sites;
+  for (int axis = 0; axis < dims; ++axis) {
+    symmetric = symmetric && geometry.stride[axis] == 1 && geometry.kernel[axis] % 2 == 1 &&
+                geometry.padding[axis] == geometry.kernel[axis] / 2 * geometry.dilation[axis];
   }
-  for (int64_t tap = 0; tap < taps; ++tap) {
-    geometry.tap_index(tap, &tap_offsets[tap * dims]);
+  const int64_t searched_taps = symmetric ? taps / 2 : taps;
+
+  // Taps are searched in lines: the taps that differ only along the last axis, whose candidate keys are the
+  // line's first key plus multiples of the last axis's dilation. One forward-moving cursor per line.
+  const int last = dims - 1;
+  const int64_t line_length = geometry.kernel[last];
+  const int64_t step = geometry.dilation[last];
+  const int64_t lines = (searched_taps + line_length - 1) / line_length;
+  std::vector<int64_t> line_offsets(lines * dims), line_deltas(lines, 0);
+  int64_t window[kMaxDims], axis_strides[kMaxDims];
+  for (int axis = last; axis >= 0; --axis) {
+    window[axis] = (geometry.kernel[axis] - 1) * geometry.dilation[axis];
+    axis_strides[axis] = axis == last ? 1 : axis_strides[axis + 1] * geometry.shape[axis + 1];
+  }
+  for (int64_t line = 0; line < lines; ++line) {
+    geometry.tap_index(line * line_length, &line_offsets[line * dims]);
     for (int axis = 0; axis < dims; ++axis) {
-      tap_deltas[tap] += tap_offsets[tap * dims + axis] * geometry.dilation[axis] * axis_strides[axis];
+      line_offsets[line * dims + axis] *= geometry.dilation[axis];
+      line_deltas[line] += line_offsets[line * dims + axis] * axis_strides[axis];
     }
   }
   int32_t* result = neighbors.data_ptr<int32_t>();
-  const int64_t* in_keys = inputs.keys.data();
-  const int64_t in_count = static_cast<int64_t>(inputs.keys.size());
+  const int64_t* in_keys = inputs.keys.data();  // ends with a sentinel larger than every key
+  const int64_t in_count = inputs.size();
   const int64_t blocks = (outputs + kOutputBlock - 1) / kOutputBlock;
   at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<int64_t> cursor(taps);
-    int64_t candidate[kMaxDims], corner[kMaxDims];
+    std::vector<int64_t> cursor(lines);
+    int64_t corner[kMaxDims], candidate[kMaxDims];
     for (int64_t block = begin; block < end; ++block) {
       std::fill(cursor.begin(), cursor.end(), -1);
-      const int64_t last = std::min(outputs, (block + 1) * kOutputBlock);
-      for (int64_t position = block * kOutputBlock; position < last; ++position) {
+      const int64_t block_end = std::min(outputs, (block + 1) * kOutputBlock);
+      for (int64_t position = block * kOutputBlock; position < block_end; ++position) {
         const int64_t row = sorted_outputs.order[position];
         const int32_t* site = out_data + row * (dims + 1);
         int32_t* row_result = result + row * taps;
-        // Sites whose whole window lies inside the grid (most of them) skip the per-axis checks: their
-        // candidate keys are the window corner's key plus a per-tap constant.
+        if (symmetric) row_result[searched_taps] = static_cast<int32_t>(row);
+        // Sites whose whole window lies inside the grid (most of them) skip the per-axis checks.
         bool interior = true;
         for (int axis = 0; axis < dims; ++axis) {
           corner[axis] = site[axis + 1] * geometry.stride[axis] - geometry.padding[axis];
           interior = interior && corner[axis] >= 0 && corner[axis] + window[axis] < geometry.shape[axis];
         }
         const int64_t corner_key = interior ? linear_key(site[0], corner, geometry.shape, dims) : 0;
-        for (int64_t tap = 0; tap < taps; ++tap) {
-          int64_t key;
+        for (int64_t line = 0; line < lines; ++line) {
+          const int64_t first_tap = line * line_length;
+          int64_t first = 0, count = std::min(line_length, searched_taps - first_tap);
+          int64_t seek_key, tap0_key;  // cursor target; key of the line's tap 0 (maybe off the grid)
           if (interior) {
-            key = corner_key + tap_deltas[tap];
+            seek_key = tap0_key = corner_key + line_deltas[line];
           } else {
             bool inside = true;
-            for (int axis = 0; axis < dims; ++axis) {
-              candidate[axis] = corner[axis] + tap_offsets[tap * dims + axis] * geometry.dilation[axis];
+            for (int axis = 0; axis < last; ++axis) {
+              candidate[axis] = corner[axis] + line_offsets[line * dims + axis];
               inside = inside && candidate[axis] >= 0 && candidate[axis] < geometry.shape[axis];
             }
             if (!inside) continue;
-            key = linear_key(site[0], candidate, geometry.shape, dims);
+            // Only the taps whose last coordinate is on the grid (others would wrap into the next line).
+            while (first < count && corner[last] + first * step < 0) ++first;
+            while (count > first && corner[last] + (count - 1) * step >= geometry.shape[last]) --count;
+            if (first == count) continue;
+            candidate[last] = 0;
+            const int64_t line_start_key = linear_key(site[0], candidate, geometry.shape, dims);
+            tap0_key = line_start_key + corner[last];
+            seek_key = line_start_key + std::max<int64_t>(corner[last], 0);
           }
-          int64_t& at = cursor[tap];
+          // seek_key (the window's first on-grid cell of this line) never decreases from one sorted output
+          // to the next, so the cursor stays there; the line's taps are scanned from it.
+          int64_t& at = cursor[line];
           if (at < 0) {
-            at = std::lower_bound(in_keys, in_keys + in_count, key) - in_keys;
+            at = std::lower_bound(in_keys, in_keys + in_count, seek_key) - in_keys;
           } else {
-            while (at < in_count && in_keys[at] < key) ++at;
+            while (in_keys[at] < seek_key) ++at;
           }
-          if (at < in_count && in_keys[at] == key) row_result[tap] = static_cast<int32_t>(inputs.order[at]);
+          int64_t scan = at;
+          for (int64_t t = first; t < count; ++t) {
+            const int64_t key = tap0_key + t * step;
+            while (in_keys[scan] < key) ++scan;
+            if (in_keys[scan] != key) continue;
+            const int32_t input = static_cast<int32_t>(inputs.order[scan]);
+            row_result[first_tap + t] = input;
+            if (symmetric) result[int64_t(input) * taps + (taps - 1 - first_tap - t)] = static_cast<int32_t>(row);
+          }
         }
       }
     }
@@ -192,12 +238,17 @@ at::Tensor downsample_indices_cpu(const at::Tensor& indices_in, at::IntArrayRef 
     TORCH_CHECK_VALUE(out_shape[axis] > 0, "downsample_indices: the kernel does not fit the grid on axis ", axis);
   }
   // Per axis, the outputs an input coordinate reaches are found once (a few divisions per axis instead of
-  // per tap); a row's candidates are their product. Each row owns `per_row` slots, -1 where unused.
+  // per tap); a row's candidates are their product. Each row owns `per_row` slots, -1 where unused: per axis,
+  // at most as many outputs as taps t with t * dilation in one residue class modulo the stride.
   const int64_t rows = indices.size(0);
   int64_t per_row = 1;
   for (int axis = 0; axis < dims; ++axis) {
     TORCH_CHECK_VALUE(geometry.kernel[axis] <= 64, "downsample_indices: kernel sizes above 64 are not supported");
-    per_row *= geometry.kernel[axis];
+    std::vector<int64_t> per_residue(geometry.stride[axis], 0);
+    for (int64_t t = 0; t < geometry.kernel[axis]; ++t) {
+      ++per_residue[t * geometry.dilation[axis] % geometry.stride[axis]];
+    }
+    per_row *= *std::max_element(per_residue.begin(), per_residue.end());
   }
   std::vector<int64_t> candidates(rows * per_row);
   const int32_t* data = indices.data_ptr<int32_t>();
@@ -210,11 +261,18 @@ at::Tensor downsample_indices_cpu(const at::Tensor& indices_in, at::IntArrayRef 
       bool any = true;
       for (int axis = 0; axis < dims; ++axis) {
         counts[axis] = 0;
-        for (int64_t t = 0; t < geometry.kernel[axis]; ++t) {
-          const int64_t numerator = site[axis + 1] + geometry.padding[axis] - t * geometry.dilation[axis];
-          if (numerator >= 0 && numerator % geometry.stride[axis] == 0 &&
-              numerator / geometry.stride[axis] < out_shape[axis]) {
-            reached[axis][counts[axis]++] = numerator / geometry.stride[axis];
+        const int64_t padded = site[axis + 1] + geometry.padding[axis];
+        if (geometry.dilation[axis] == 1) {  // the outputs o with padded - (kernel - 1) <= o * stride <= padded
+          const int64_t low = std::max<int64_t>(0, padded - geometry.kernel[axis] + geometry.stride[axis]);
+          const int64_t high = std::min(out_shape[axis] - 1, padded / geometry.stride[axis]);
+          for (int64_t o = low / geometry.stride[axis]; o <= high; ++o) reached[axis][counts[axis]++] = o;
+        } else {
+          for (int64_t t = 0; t < geometry.kernel[axis]; ++t) {
+            const int64_t numerator = padded - t * geometry.dilation[axis];
+            if (numerator >= 0 && numerator % geometry.stride[axis] == 0 &&
+                numerator / geometry.stride[axis] < out_shape[axis]) {
+              reached[axis][counts[axis]++] = numerator / geometry.stride[axis];
+            }
           }
         }
         any = any && counts[axis] > 0;

@@ -35,10 +35,9 @@ def check_indices(indices: torch.Tensor, spatial_shape: Sequence[int], batch_siz
     if any(size <= 0 for size in spatial_shape):
         raise ValueError(f'spatial_shape must be positive, got {list(spatial_shape)}')
     if indices.numel() and not torch.compiler.is_compiling():
-        low = indices.amin(dim=0).tolist()
+        if indices.min() < 0:
+            raise ValueError(f'{name} has negative values (column minima {indices.amin(dim=0).tolist()})')
         high = indices.amax(dim=0).tolist()
-        if min(low) < 0:
-            raise ValueError(f'{name} has negative values (column minima {low})')
         outside = [axis for axis in range(dims) if high[axis + 1] >= spatial_shape[axis]]
         if outside:
             raise ValueError(f'{name} column {outside[0] + 1} reaches {high[outside[0] + 1]} but spatial_shape is '
@@ -78,8 +77,10 @@ def build_kernel_map(in_indices: torch.Tensor, out_indices: torch.Tensor, spatia
     dims = len(spatial_shape)
     geometry = [expand_argument(value, dims, name) for value, name in
                 ((kernel_size, 'kernel_size'), (stride, 'stride'), (padding, 'padding'), (dilation, 'dilation'))]
+    out_shape = output_spatial_shape(spatial_shape, *geometry)
+    same_sites = out_indices is in_indices and list(out_shape) == list(spatial_shape)
     in_indices = check_indices(in_indices, spatial_shape, name='in_indices')
-    out_indices = check_indices(out_indices, output_spatial_shape(spatial_shape, *geometry), name='out_indices')
+    out_indices = in_indices if same_sites else check_indices(out_indices, out_shape, name='out_indices')
     return _kernel_map(in_indices, out_indices, list(spatial_shape), *map(list, geometry))
 
 

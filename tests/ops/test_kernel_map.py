@@ -19,15 +19,19 @@ def random_sites(count, spatial_shape, batch_size, seed=0):
 
 
 def reference_geometry(dims, kernel, stride, padding, dilation):
-    return [[value] * dims for value in (kernel, stride, padding, dilation)]
+    return [value if isinstance(value, list) else [value] * dims for value in (kernel, stride, padding, dilation)]
 
 
 @st.composite
 def convolution_cases(draw):
+    """Random grids and per-axis geometries (kernels 1-5, so taps form lines of different lengths)."""
     dims = draw(st.integers(1, 4))
     spatial_shape = [draw(st.integers(1, 9)) for _ in range(dims)]
-    kernel, stride, dilation = draw(st.integers(1, 3)), draw(st.integers(1, 3)), draw(st.integers(1, 2))
-    padding = draw(st.integers(0, 2))
+
+    def per_axis(low, high):
+        return draw(st.lists(st.integers(low, high), min_size=dims, max_size=dims))
+
+    kernel, stride, dilation, padding = per_axis(1, 5), per_axis(1, 3), per_axis(1, 2), per_axis(0, 2)
     batch_size = draw(st.integers(1, 3))
     cells = batch_size * int(np.prod(spatial_shape))
     count = draw(st.integers(0, min(cells, 60)))
@@ -39,7 +43,8 @@ def convolution_cases(draw):
 def test_strided_maps_match_reference(case):
     spatial_shape, kernel, stride, padding, dilation, batch_size, count, seed = case
     dims = len(spatial_shape)
-    out_shape = [(s + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1 for s in spatial_shape]
+    out_shape = [(s + 2 * p - d * (k - 1) - 1) // t + 1
+                 for s, k, t, p, d in zip(spatial_shape, kernel, stride, padding, dilation)]
     if min(out_shape) <= 0:
         with pytest.raises(ValueError, match='does not fit'):
             ops.downsample_indices(random_sites(count, spatial_shape, batch_size, seed), spatial_shape, kernel,
@@ -59,11 +64,15 @@ def test_strided_maps_match_reference(case):
 @given(case=convolution_cases())
 def test_submanifold_maps_match_reference_and_are_symmetric(case):
     spatial_shape, kernel, _, _, dilation, batch_size, count, seed = case
-    kernel = kernel | 1
+    kernel = [k | 1 for k in kernel]
+    padding = [k // 2 * d for k, d in zip(kernel, dilation)]
     sites = random_sites(count, spatial_shape, batch_size, seed)
     neighbors = ops.submanifold_kernel_map(sites, spatial_shape, kernel, dilation)
-    geometry = reference_geometry(len(spatial_shape), kernel, 1, kernel // 2 * dilation, dilation)
+    geometry = reference_geometry(len(spatial_shape), kernel, 1, padding, dilation)
     assert torch.equal(neighbors, reference.kernel_map(sites, sites, spatial_shape, *geometry))
+    # the same geometry on a copy of the sites takes the general (unmirrored) search
+    assert torch.equal(neighbors, ops.build_kernel_map(sites, sites.clone(), spatial_shape, kernel, 1, padding,
+                                                       dilation))
     taps = neighbors.shape[1]
     if count:
         assert torch.equal(neighbors[:, taps // 2], torch.arange(count, dtype=torch.int32))
