@@ -3,11 +3,18 @@
 // Coordinates are [N, 1 + D] int32 rows (batch, c_1, ..., c_D). A row's linear
 // key is its row-major position in the [batch, *spatial_shape] grid, in int64.
 // Kernel taps are enumerated row-major, last axis fastest (spconv's weight order).
+// ConvolutionGeometry is trivially copyable, so CUDA kernels take it by value.
 #pragma once
 
 #include <ATen/ATen.h>
 
 #include <vector>
+
+#ifdef __CUDACC__
+#define SV_HOST_DEVICE __host__ __device__
+#else
+#define SV_HOST_DEVICE
+#endif
 
 namespace sparsevision {
 
@@ -45,7 +52,7 @@ struct ConvolutionGeometry {
   }
 
   // Tap number -> per-axis kernel index (last axis fastest).
-  void tap_index(int64_t tap, int64_t* index) const {
+  SV_HOST_DEVICE void tap_index(int64_t tap, int64_t* index) const {
     for (int axis = dims - 1; axis >= 0; --axis) {
       index[axis] = tap % kernel[axis];
       tap /= kernel[axis];
@@ -53,7 +60,7 @@ struct ConvolutionGeometry {
   }
 };
 
-inline int64_t linear_key(int64_t batch, const int64_t* coordinates, const int64_t* shape, int dims) {
+SV_HOST_DEVICE inline int64_t linear_key(int64_t batch, const int64_t* coordinates, const int64_t* shape, int dims) {
   int64_t key = batch;
   for (int axis = 0; axis < dims; ++axis) key = key * shape[axis] + coordinates[axis];
   return key;

@@ -25,6 +25,8 @@
 #include <cstring>
 #include <vector>
 
+#include "../sparse_conv.h"
+
 namespace sparsevision {
 namespace {
 
@@ -236,22 +238,6 @@ SV_VECTOR_CLONES void convolve_rows_in_registers(const scalar_t* features, const
   }
 }
 
-void check_conv_arguments(const at::Tensor& features, const at::Tensor& weight, const at::Tensor& neighbors,
-                          int64_t groups) {
-  TORCH_CHECK_VALUE(features.dim() == 2, "sparse_conv: features must be [N, C], got ", features.sizes());
-  TORCH_CHECK_VALUE(weight.dim() == 3, "sparse_conv: weight must be [taps, in/groups, out], got ", weight.sizes());
-  TORCH_CHECK_VALUE(neighbors.dim() == 2 && neighbors.scalar_type() == at::kInt,
-                    "sparse_conv: neighbors must be an int32 [M, taps] kernel map");
-  TORCH_CHECK_VALUE(neighbors.size(1) == weight.size(0), "sparse_conv: kernel map has ", neighbors.size(1),
-                    " taps but weight has ", weight.size(0));
-  TORCH_CHECK_VALUE(groups >= 1 && features.size(1) % groups == 0 && weight.size(2) % groups == 0,
-                    "sparse_conv: channels must divide into ", groups, " groups");
-  TORCH_CHECK_VALUE(weight.size(1) * groups == features.size(1), "sparse_conv: features have ", features.size(1),
-                    " channels but weight expects ", weight.size(1) * groups);
-  TORCH_CHECK_VALUE(features.scalar_type() == weight.scalar_type(), "sparse_conv: features are ",
-                    features.scalar_type(), " but weight is ", weight.scalar_type());
-}
-
 ConvShape conv_shape(const at::Tensor& features, const at::Tensor& weight, const at::Tensor& neighbors,
                      int64_t groups) {
   return ConvShape{neighbors.size(0), neighbors.size(1), features.size(1), weight.size(2), groups,
@@ -407,10 +393,7 @@ SV_VECTOR_CLONES void weight_grad_in_registers(const scalar_t* features, const s
 at::Tensor sparse_conv_weight_grad_cpu(const at::Tensor& features_in, const at::Tensor& grad_output_in,
                                        const at::Tensor& neighbors_in, const at::Tensor& inverse_neighbors,
                                        int64_t groups) {
-  TORCH_CHECK_VALUE(grad_output_in.dim() == 2 && grad_output_in.size(0) == neighbors_in.size(0),
-                    "sparse_conv_weight_grad: grad_output must be [M, out] with M = kernel map rows");
-  TORCH_CHECK_VALUE(features_in.size(1) % groups == 0 && grad_output_in.size(1) % groups == 0,
-                    "sparse_conv_weight_grad: channels must divide into ", groups, " groups");
+  check_weight_grad_arguments(features_in, grad_output_in, neighbors_in, groups);
   const at::Tensor features = features_in.contiguous();
   const at::Tensor grad_output = grad_output_in.to(features.scalar_type()).contiguous();
   const at::Tensor neighbors = neighbors_in.contiguous();

@@ -1,0 +1,246 @@
+// CUDA kernels of sparsevision::kernel_map, downsample_indices and invert_kernel_map.
+//
+// Sort-based like the CPU kernels: input rows get int64 linear keys, which are
+// sorted once (at::sort, stable); every (output, tap) slot is then filled by
+// one thread with a binary search. Each slot has exactly one writer and no
+// floating point is involved, so results are deterministic. Bad input
+// (out-of-grid rows, duplicates, maps without an inverse) is detected on the
+// device and reported as a ValueError after one scalar copy to the host.
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "../coordinates.h"
+
+namespace sparsevision {
+namespace {
+
+constexpr int kThreads = 256;
+
+int blocks_for(int64_t work) {
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>((work + kThreads - 1) / kThreads, 65535)));
+}
+
+#define SV_GRID_STRIDE_LOOP(i, count)                                                      \
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < (count); \
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+
+// keys[row] = linear key of the row in [batch, *shape], or -1 when the row lies outside that grid.
+__global__ void linear_keys_kernel(const int32_t* __restrict__ indices, int64_t rows,
+                                   const ConvolutionGeometry geometry, int64_t* __restrict__ keys) {
+  const int dims = geometry.dims;
+  SV_GRID_STRIDE_LOOP(row, rows) {
+    const int32_t* entry = indices + row * (dims + 1);
+    int64_t coordinates[kMaxDims];
+    bool inside = entry[0] >= 0;
+    for (int axis = 0; axis < dims; ++axis) {
+      coordinates[axis] = entry[axis + 1];
+      inside = inside && coordinates[axis] >= 0 && coordinates[axis] < geometry.shape[axis];
+    }
+    keys[row] = inside ? linear_key(entry[0], coordinates, geometry.shape, dims) : -1;
+  }
+}
+
+// Sorted keys of the input rows and the rows holding them; raises on out-of-grid rows and duplicates.
+std::pair<at::Tensor, at::Tensor> sorted_input_keys(const at::Tensor& indices, const ConvolutionGeometry& geometry,
+                                                    const char* name) {
+  const int64_t rows = indices.size(0);
+  at::Tensor keys = at::empty({rows}, indices.options().dtype(at::kLong));
+  if (rows > 0) {
+    linear_keys_kernel<<<blocks_for(rows), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+        indices.data_ptr<int32_t>(), rows, geometry, keys.data_ptr<int64_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  const at::Tensor outside = (keys < 0).nonzero();
+  TORCH_CHECK_VALUE(outside.size(0) == 0, name, " row ", outside.size(0) ? outside[0][0].item<int64_t>() : 0,
+                    " lies outside the grid (negative batch or a coordinate outside spatial_shape)");
+  auto [sorted, order] = keys.sort(/*stable=*/true);
+  if (rows > 1) {
+    const at::Tensor repeated = (sorted.slice(0, 1) == sorted.slice(0, 0, rows - 1)).nonzero();
+    if (repeated.size(0) > 0) {
+      const int64_t at_position = repeated[0][0].item<int64_t>();
+      TORCH_CHECK_VALUE(false, name, " has duplicate coordinates (rows ", order[at_position].item<int64_t>(),
+                        " and ", order[at_position + 1].item<int64_t>(),
+                        "); merge duplicate points first (e.g. voxelize with mean pooling)");
+    }
+  }
+  return {sorted, order};
+}
+
+__device__ int64_t lower_bound(const int64_t* __restrict__ keys, int64_t count, int64_t key) {
+  int64_t low = 0, high = count;
+  while (low < high) {
+    const int64_t middle = low + (high - low) / 2;
+    if (keys[middle] < key) {
+      low = middle + 1;
+    } else {
+      high = middle;
+    }
+  }
+  return low;
+}
+
+// neighbors[m, tap] = the input row at out_indices[m] * stride - padding + tap * dilation, or -1.
+__global__ void kernel_map_kernel(const int32_t* __restrict__ out_indices, int64_t outputs,
+                                  const ConvolutionGeometry geometry, const int64_t* __restrict__ sorted_keys,
+                                  const int64_t* __restrict__ order, int64_t inputs, int32_t* __restrict__ neighbors) {
+  const int dims = geometry.dims;
+  const int64_t taps = geometry.taps;
+  SV_GRID_STRIDE_LOOP(slot, outputs * taps) {
+    const int64_t m = slot / taps, tap = slot % taps;
+    const int32_t* site = out_indices + m * (dims + 1);
+    int64_t tap_index[kMaxDims], candidate[kMaxDims];
+    geometry.tap_index(tap, tap_index);
+    bool inside = site[0] >= 0;
+    for (int axis = 0; axis < dims; ++axis) {
+      candidate[axis] = site[axis + 1] * geometry.stride[axis] - geometry.padding[axis] +
+                        tap_index[axis] * geometry.dilation[axis];
+      inside = inside && candidate[axis] >= 0 && candidate[axis] < geometry.shape[axis];
+    }
+    int32_t found = -1;
+    if (inside) {
+      const int64_t key = linear_key(site[0], candidate, geometry.shape, dims);
+      const int64_t position = lower_bound(sorted_keys, inputs, key);
+      if (position < inputs && sorted_keys[position] == key) found = static_cast<int32_t>(order[position]);
+    }
+    neighbors[slot] = found;
+  }
+}
+
+at::Tensor kernel_map_cuda(const at::Tensor& in_indices_in, const at::Tensor& out_indices_in,
+                           at::IntArrayRef spatial_shape, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                           at::IntArrayRef padding, at::IntArrayRef dilation) {
+  const ConvolutionGeometry geometry(spatial_shape, kernel_size, stride, padding, dilation);
+  check_coordinate_tensor(in_indices_in, geometry.dims, "kernel_map: in_indices");
+  check_coordinate_tensor(out_indices_in, geometry.dims, "kernel_map: out_indices");
+  const c10::cuda::CUDAGuard guard(in_indices_in.device());
+  const at::Tensor in_indices = in_indices_in.contiguous();
+  const at::Tensor out_indices = out_indices_in.contiguous();
+  const int64_t outputs = out_indices.size(0);
+  at::Tensor neighbors = at::full({outputs, geometry.taps}, -1, out_indices.options());
+  if (outputs == 0 || in_indices.size(0) == 0) return neighbors;
+  const auto [sorted_keys, order] = sorted_input_keys(in_indices, geometry, "kernel_map: in_indices");
+  kernel_map_kernel<<<blocks_for(outputs * geometry.taps), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+      out_indices.data_ptr<int32_t>(), outputs, geometry, sorted_keys.data_ptr<int64_t>(), order.data_ptr<int64_t>(),
+      in_indices.size(0), neighbors.data_ptr<int32_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return neighbors;
+}
+
+// candidates[row, tap] = the key (in the output grid) of the output that reads `row` through `tap`, or -1.
+__global__ void downsample_candidates_kernel(const int32_t* __restrict__ indices, int64_t rows,
+                                             const ConvolutionGeometry geometry, const ConvolutionGeometry output,
+                                             int64_t* __restrict__ candidates) {
+  const int dims = geometry.dims;
+  const int64_t taps = geometry.taps;
+  SV_GRID_STRIDE_LOOP(slot, rows * taps) {
+    const int64_t row = slot / taps, tap = slot % taps;
+    const int32_t* site = indices + row * (dims + 1);
+    int64_t tap_index[kMaxDims], reached[kMaxDims];
+    geometry.tap_index(tap, tap_index);
+    bool valid = true;
+    for (int axis = 0; axis < dims; ++axis) {
+      const int64_t numerator = site[axis + 1] + geometry.padding[axis] - tap_index[axis] * geometry.dilation[axis];
+      valid = valid && numerator >= 0 && numerator % geometry.stride[axis] == 0 &&
+              numerator / geometry.stride[axis] < output.shape[axis];
+      reached[axis] = valid ? numerator / geometry.stride[axis] : 0;
+    }
+    candidates[slot] = valid ? linear_key(site[0], reached, output.shape, dims) : -1;
+  }
+}
+
+__global__ void decode_keys_kernel(const int64_t* __restrict__ keys, int64_t rows, const ConvolutionGeometry output,
+                                   int32_t* __restrict__ coordinates) {
+  const int dims = output.dims;
+  SV_GRID_STRIDE_LOOP(row, rows) {
+    int64_t key = keys[row];
+    for (int axis = dims - 1; axis >= 0; --axis) {
+      coordinates[row * (dims + 1) + axis + 1] = static_cast<int32_t>(key % output.shape[axis]);
+      key /= output.shape[axis];
+    }
+    coordinates[row * (dims + 1)] = static_cast<int32_t>(key);
+  }
+}
+
+at::Tensor downsample_indices_cuda(const at::Tensor& indices_in, at::IntArrayRef spatial_shape,
+                                   at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
+                                   at::IntArrayRef dilation) {
+  const ConvolutionGeometry geometry(spatial_shape, kernel_size, stride, padding, dilation);
+  const int dims = geometry.dims;
+  check_coordinate_tensor(indices_in, dims, "downsample_indices: indices");
+  const c10::cuda::CUDAGuard guard(indices_in.device());
+  const at::Tensor indices = indices_in.contiguous();
+  sorted_input_keys(indices, geometry, "downsample_indices: indices");  // validates: on the grid, no duplicates
+  std::vector<int64_t> out_shape(dims), ones(dims, 1), zeros(dims, 0);
+  for (int axis = 0; axis < dims; ++axis) {
+    out_shape[axis] = (geometry.shape[axis] + 2 * geometry.padding[axis] -
+                       geometry.dilation[axis] * (geometry.kernel[axis] - 1) - 1) / geometry.stride[axis] + 1;
+    TORCH_CHECK_VALUE(out_shape[axis] > 0, "downsample_indices: the kernel does not fit the grid on axis ", axis);
+  }
+  const ConvolutionGeometry output(out_shape, ones, ones, zeros, ones);
+  const int64_t rows = indices.size(0);
+  at::Tensor candidates = at::empty({rows * geometry.taps}, indices.options().dtype(at::kLong));
+  if (rows > 0) {
+    downsample_candidates_kernel<<<blocks_for(rows * geometry.taps), kThreads, 0,
+                                   c10::cuda::getCurrentCUDAStream()>>>(indices.data_ptr<int32_t>(), rows, geometry,
+                                                                        output, candidates.data_ptr<int64_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  const at::Tensor sorted = std::get<0>(candidates.masked_select(candidates >= 0).sort());
+  const at::Tensor keys = std::get<0>(at::unique_consecutive(sorted)).contiguous();
+  at::Tensor result = at::empty({keys.size(0), dims + 1}, indices.options());
+  if (keys.size(0) > 0) {
+    decode_keys_kernel<<<blocks_for(keys.size(0)), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+        keys.data_ptr<int64_t>(), keys.size(0), output, result.data_ptr<int32_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  return result;
+}
+
+// inverse[neighbors[m, k], k] = m. A slot claimed twice (two outputs read one input through one tap) or an entry
+// outside [0, num_inputs) sets a bit of `problems` (1: out of range, 2: not invertible).
+__global__ void invert_kernel_map_kernel(const int32_t* __restrict__ neighbors, int64_t outputs, int64_t taps,
+                                         int64_t num_inputs, int32_t* __restrict__ inverse,
+                                         int32_t* __restrict__ problems) {
+  SV_GRID_STRIDE_LOOP(slot, outputs * taps) {
+    const int32_t n = neighbors[slot];
+    if (n < 0) continue;
+    if (n >= num_inputs) {
+      atomicOr(problems, 1);
+      continue;
+    }
+    const int64_t m = slot / taps, tap = slot % taps;
+    if (atomicCAS(inverse + int64_t(n) * taps + tap, -1, static_cast<int32_t>(m)) != -1) atomicOr(problems, 2);
+  }
+}
+
+at::Tensor invert_kernel_map_cuda(const at::Tensor& neighbors_in, int64_t num_inputs) {
+  TORCH_CHECK_VALUE(neighbors_in.dim() == 2 && neighbors_in.scalar_type() == at::kInt,
+                    "invert_kernel_map: neighbors must be an int32 [M, K] kernel map");
+  const c10::cuda::CUDAGuard guard(neighbors_in.device());
+  const at::Tensor neighbors = neighbors_in.contiguous();
+  const int64_t outputs = neighbors.size(0), taps = neighbors.size(1);
+  at::Tensor inverse = at::full({num_inputs, taps}, -1, neighbors.options());
+  if (neighbors.numel() == 0) return inverse;
+  at::Tensor problems = at::zeros({1}, neighbors.options());
+  invert_kernel_map_kernel<<<blocks_for(neighbors.numel()), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+      neighbors.data_ptr<int32_t>(), outputs, taps, num_inputs, inverse.data_ptr<int32_t>(),
+      problems.data_ptr<int32_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const int32_t found = problems.item<int32_t>();
+  TORCH_CHECK_VALUE(!(found & 1), "invert_kernel_map: the map names inputs at or above ", num_inputs);
+  TORCH_CHECK_VALUE(!(found & 2), "invert_kernel_map: an input is read by two outputs through the same tap; "
+                    "that is not a convolution's kernel map");
+  return inverse;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(sparsevision, CUDA, m) {
+  m.impl("kernel_map", &kernel_map_cuda);
+  m.impl("downsample_indices", &downsample_indices_cuda);
+  m.impl("invert_kernel_map", &invert_kernel_map_cuda);
+}
+
+}  // namespace sparsevision

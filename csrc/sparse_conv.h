@@ -1,0 +1,37 @@
+// Shared argument checks of the sparse-convolution kernels (CPU and CUDA).
+#pragma once
+
+#include <ATen/ATen.h>
+
+namespace sparsevision {
+
+// features [N, C_in], weight [taps, C_in / groups, C_out] of the same dtype, neighbors int32 [M, taps].
+inline void check_conv_arguments(const at::Tensor& features, const at::Tensor& weight, const at::Tensor& neighbors,
+                                 int64_t groups) {
+  TORCH_CHECK_VALUE(features.dim() == 2, "sparse_conv: features must be [N, C], got ", features.sizes());
+  TORCH_CHECK_VALUE(weight.dim() == 3, "sparse_conv: weight must be [taps, in/groups, out], got ", weight.sizes());
+  TORCH_CHECK_VALUE(neighbors.dim() == 2 && neighbors.scalar_type() == at::kInt,
+                    "sparse_conv: neighbors must be an int32 [M, taps] kernel map");
+  TORCH_CHECK_VALUE(neighbors.size(1) == weight.size(0), "sparse_conv: kernel map has ", neighbors.size(1),
+                    " taps but weight has ", weight.size(0));
+  TORCH_CHECK_VALUE(groups >= 1 && features.size(1) % groups == 0 && weight.size(2) % groups == 0,
+                    "sparse_conv: channels must divide into ", groups, " groups");
+  TORCH_CHECK_VALUE(weight.size(1) * groups == features.size(1), "sparse_conv: features have ", features.size(1),
+                    " channels but weight expects ", weight.size(1) * groups);
+  TORCH_CHECK_VALUE(features.scalar_type() == weight.scalar_type(), "sparse_conv: features are ",
+                    features.scalar_type(), " but weight is ", weight.scalar_type());
+}
+
+// features [N, C_in], grad_output [M, C_out], neighbors int32 [M, taps].
+inline void check_weight_grad_arguments(const at::Tensor& features, const at::Tensor& grad_output,
+                                        const at::Tensor& neighbors, int64_t groups) {
+  TORCH_CHECK_VALUE(features.dim() == 2, "sparse_conv_weight_grad: features must be [N, C], got ", features.sizes());
+  TORCH_CHECK_VALUE(neighbors.dim() == 2 && neighbors.scalar_type() == at::kInt,
+                    "sparse_conv_weight_grad: neighbors must be an int32 [M, taps] kernel map");
+  TORCH_CHECK_VALUE(grad_output.dim() == 2 && grad_output.size(0) == neighbors.size(0),
+                    "sparse_conv_weight_grad: grad_output must be [M, out] with M = kernel map rows");
+  TORCH_CHECK_VALUE(groups >= 1 && features.size(1) % groups == 0 && grad_output.size(1) % groups == 0,
+                    "sparse_conv_weight_grad: channels must divide into ", groups, " groups");
+}
+
+}  // namespace sparsevision
