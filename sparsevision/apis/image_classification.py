@@ -5,15 +5,18 @@ import tempfile
 from pathlib import Path
 from typing import List, Optional, Sequence, Union
 
+import cv2
 import numpy as np
 import torch
 from mmengine.dataset import Compose
 from mmengine.registry import DefaultScope
 
+from ..datasets.transforms import ResizeImage
 from ..model_zoo import create_model, load_config
 from ..registry import DATASETS
 
 ImageInput = Union[str, Path, np.ndarray]
+SAMPLE_PHOTOS = ('astronaut', 'coffee', 'chelsea', 'rocket')   # bundled with scikit-image (skimage.data)
 
 
 class ImageClassificationInferencer:
@@ -31,25 +34,52 @@ class ImageClassificationInferencer:
         self.model = create_model(cfg, checkpoint=checkpoint).to(device).eval()
         dataset_cfg = cfg.test_dataloader.dataset
         self.classes = DATASETS.get(dataset_cfg.type).METAINFO['classes']
-        channels = len(cfg.model.data_preprocessor.mean)
+        self.channels = len(cfg.model.data_preprocessor.mean)
         with DefaultScope.overwrite_default_scope('sparsevision'):
-            self.load = Compose([dict(type='LoadImageFromFile', grayscale=channels == 1)])
+            self.load = Compose([dict(type='LoadImageFromFile', grayscale=self.channels == 1)])
             self.pipeline = Compose(dataset_cfg.pipeline)
+        self.input_size = next((transform.size for transform in self.pipeline.transforms
+                                if isinstance(transform, ResizeImage)), None)
 
     def _prepare(self, image: ImageInput) -> dict:
         if isinstance(image, np.ndarray):
             return self.pipeline(dict(img=image.astype(np.float32)))
         return self.pipeline(self.load(dict(img_path=str(image))))
 
+    def prepare(self, images: Sequence[ImageInput]) -> List[dict]:
+        """Each image through the test pipeline: ``inputs`` (``[C, H, W]``, pixels in [0, 1]) and ``data_samples``."""
+        if not images:
+            raise ValueError('no images given')
+        return [self._prepare(image) for image in images]
+
+    def collate(self, samples: Sequence[dict]) -> dict:
+        """Normalise and stack prepared samples into the model's ``inputs`` / ``data_samples`` batch."""
+        return self.model.data_preprocessor(dict(inputs=[sample['inputs'] for sample in samples],
+                                                 data_samples=[sample['data_samples'] for sample in samples]))
+
+    def sample_photo(self, name: str) -> np.ndarray:
+        """One of scikit-image's real photos (:data:`SAMPLE_PHOTOS`) as this model's input: float32 in [0, 1]
+        with its channels (grey for one), centre-cropped to its input's aspect and area-resized to its size."""
+        if name not in SAMPLE_PHOTOS:
+            raise ValueError(f'unknown photo {name!r}; choose one of {", ".join(SAMPLE_PHOTOS)}')
+        import skimage.data
+
+        photo = getattr(skimage.data, name)()
+        if self.channels == 1:
+            photo = cv2.cvtColor(photo, cv2.COLOR_RGB2GRAY)
+        if self.input_size is not None:
+            height, width = self.input_size
+            crop_height = min(photo.shape[0], round(photo.shape[1] * height / width))
+            crop_width = min(photo.shape[1], round(photo.shape[0] * width / height))
+            top, left = (photo.shape[0] - crop_height) // 2, (photo.shape[1] - crop_width) // 2
+            photo = cv2.resize(photo[top:top + crop_height, left:left + crop_width], (width, height),
+                               interpolation=cv2.INTER_AREA)
+        return photo.astype(np.float32) / np.float32(255)
+
     @torch.no_grad()
     def __call__(self, images: Sequence[ImageInput]) -> List[dict]:
         """Predict each image: ``{'pred_label', 'pred_class', 'pred_score', 'scores'}``."""
-        if not images:
-            raise ValueError('no images given')
-        batch = [self._prepare(image) for image in images]
-        data = self.model.data_preprocessor(
-            dict(inputs=[sample['inputs'] for sample in batch], data_samples=[s['data_samples'] for s in batch]))
-        outputs = self.model(**data, mode='predict')
+        outputs = self.model(**self.collate(self.prepare(images)), mode='predict')
         return [dict(pred_label=int(out.pred_label), pred_class=self.classes[int(out.pred_label)],
                      pred_score=float(out.pred_score.max()), scores=out.pred_score.cpu().tolist())
                 for out in outputs]
@@ -73,16 +103,17 @@ class ImageClassificationInferencer:
             title = f'{prediction["pred_class"]} ({prediction["pred_score"]:.2f})'
             axis.set_title(title if titles is None else f'{titles[index]}\n{title}', fontsize=9)
         figure.tight_layout()
-        return _save_atomically(out_file, lambda path: figure.savefig(path, dpi=100, format='png'),
-                                on_done=lambda: plt.close(figure))
+        return save_atomically(out_file, lambda path: figure.savefig(path, dpi=100, format='png'),
+                               on_done=lambda: plt.close(figure))
 
 
 def write_json_atomically(out_file: Union[str, Path], payload) -> Path:
     """Write ``payload`` as JSON to ``out_file`` without ever leaving a partial file."""
-    return _save_atomically(out_file, lambda path: Path(path).write_text(json.dumps(payload, indent=2)))
+    return save_atomically(out_file, lambda path: Path(path).write_text(json.dumps(payload, indent=2)))
 
 
-def _save_atomically(out_file, write, on_done=None) -> Path:
+def save_atomically(out_file: Union[str, Path], write, on_done=None) -> Path:
+    """Call ``write(temporary_path)`` beside ``out_file``, then move the result into place (never a partial file)."""
     out_file = Path(out_file)
     out_file.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=out_file.parent, suffix=out_file.suffix + '.partial')
