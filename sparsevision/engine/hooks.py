@@ -60,3 +60,41 @@ def tensor_digests(model: torch.nn.Module) -> dict:
     """SHA-256 of every parameter and buffer, by state_dict name."""
     return {name: hashlib.sha256(np.ascontiguousarray(tensor.detach().cpu().numpy()).tobytes()).hexdigest()
             for name, tensor in model.state_dict().items()}
+
+
+@HOOKS.register_module()
+class KeepRateScheduleHook(Hook):
+    """Warm a token router's ``keep_rate`` up from 1 to its configured value (EViT's schedule).
+
+    The rate follows a cosine from 1 at ``start_epoch`` to the router's own ``keep_rate`` at
+    ``end_epoch`` (per iteration) and stays there; it depends only on the iteration, so resumed runs match.
+
+    Args:
+        start_epoch, end_epoch: the warm-up interval in epochs.
+    """
+
+    def __init__(self, start_epoch: int = 0, end_epoch: int = 5):
+        if not 0 <= start_epoch < end_epoch:
+            raise ValueError(f'KeepRateScheduleHook needs 0 <= start_epoch < end_epoch, got {start_epoch}, {end_epoch}')
+        self.start_epoch, self.end_epoch = start_epoch, end_epoch
+        self.target = None
+
+    @staticmethod
+    def _router(runner):
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        router = getattr(getattr(model, 'backbone', model), 'router', None)
+        if router is None or not hasattr(router, 'keep_rate'):
+            raise ValueError('KeepRateScheduleHook needs a token-pruning backbone whose router has a keep_rate')
+        return router
+
+    def before_train(self, runner) -> None:
+        self.target = self._router(runner).keep_rate
+
+    def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
+        iterations_per_epoch = len(runner.train_dataloader)
+        progress = (runner.iter / iterations_per_epoch - self.start_epoch) / (self.end_epoch - self.start_epoch)
+        progress = min(max(progress, 0.0), 1.0)
+        self._router(runner).keep_rate = self.target + (1 - self.target) * 0.5 * (1 + np.cos(np.pi * progress))
+
+    def after_train(self, runner) -> None:
+        self._router(runner).keep_rate = self.target

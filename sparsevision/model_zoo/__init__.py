@@ -11,8 +11,9 @@ from typing import List, Optional, Union
 
 from mmengine.config import Config
 
+from ..utils.checkpoint import SHIPPED_WEIGHTS as WEIGHTS_DIR
+
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
-WEIGHTS_DIR = Path(__file__).resolve().parent / 'weights'
 
 
 def configs_dir() -> Path:

@@ -6,15 +6,25 @@ import torch
 
 from .compat import register_checkpoint_safe_globals
 
+SHIPPED_WEIGHTS = Path(__file__).resolve().parent.parent / 'model_zoo' / 'weights'
+ZOO_PREFIX = 'zoo:'
+
+
+def resolve_checkpoint_path(path: Union[str, Path]) -> Path:
+    """``'zoo:NAME'`` -> the shipped weights of zoo model ``NAME`` (works from any directory); else ``path``."""
+    if isinstance(path, str) and path.startswith(ZOO_PREFIX):
+        return SHIPPED_WEIGHTS / f'{path[len(ZOO_PREFIX):]}.pth'
+    return Path(path)
+
 
 def load_state_dict(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
-    """Read the model weights of a plain state_dict or an mmengine checkpoint.
+    """Read the model weights of a plain state_dict or an mmengine checkpoint (``'zoo:NAME'``: shipped weights).
 
     Raises:
         FileNotFoundError: when the file does not exist.
         ValueError: when it is not a loadable, trusted-format checkpoint.
     """
-    path = Path(path)
+    path = resolve_checkpoint_path(path)
     if not path.is_file():
         raise FileNotFoundError(f'checkpoint {path} does not exist')
     register_checkpoint_safe_globals()
