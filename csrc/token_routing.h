@@ -33,4 +33,20 @@ inline at::Tensor scatter_accumulator(const at::Tensor& tokens, int64_t num_toke
                    tokens.options().dtype(reduced ? at::kFloat : tokens.scalar_type()));
 }
 
+// merge_tokens: tokens [B, N, C], sizes [B, N] of the tokens' dtype, index [B, N], num_out >= 0.
+inline void check_merge_arguments(const at::Tensor& tokens, const at::Tensor& sizes, const at::Tensor& index,
+                                  int64_t num_out) {
+  check_routing_arguments(tokens, index, "merge_tokens");
+  TORCH_CHECK_VALUE(index.size(1) == tokens.size(1), "merge_tokens: index has ", index.size(1),
+                    " entries per sample but tokens have ", tokens.size(1), " rows");
+  TORCH_CHECK_VALUE(sizes.dim() == 2 && sizes.size(0) == tokens.size(0) && sizes.size(1) == tokens.size(1),
+                    "merge_tokens: sizes must be [batch, tokens] = [", tokens.size(0), ", ", tokens.size(1),
+                    "], got ", sizes.sizes());
+  TORCH_CHECK_VALUE(sizes.scalar_type() == tokens.scalar_type(), "merge_tokens: sizes are ", sizes.scalar_type(),
+                    " but tokens are ", tokens.scalar_type());
+  TORCH_CHECK_VALUE(sizes.device() == tokens.device(), "merge_tokens: sizes are on ", sizes.device(),
+                    " but tokens are on ", tokens.device());
+  TORCH_CHECK_VALUE(num_out >= 0, "merge_tokens: num_out must be >= 0, got ", num_out);
+}
+
 }  // namespace sparsevision

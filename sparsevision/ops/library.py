@@ -19,6 +19,8 @@ LIBRARY_NAME = 'sparsevision'
 SCHEMAS = {
     'gather_tokens': 'gather_tokens(Tensor tokens, Tensor index) -> Tensor',
     'scatter_tokens': 'scatter_tokens(Tensor tokens, Tensor index, SymInt num_tokens) -> Tensor',
+    'merge_tokens': ('merge_tokens(Tensor tokens, Tensor sizes, Tensor index, SymInt num_out) '
+                     '-> (Tensor merged, Tensor merged_sizes)'),
     'kernel_map': ('kernel_map(Tensor in_indices, Tensor out_indices, int[] spatial_shape, int[] kernel_size, '
                    'int[] stride, int[] padding, int[] dilation) -> Tensor'),
     'downsample_indices': ('downsample_indices(Tensor indices, int[] spatial_shape, int[] kernel_size, '

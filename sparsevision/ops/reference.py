@@ -165,3 +165,34 @@ def sparse_conv_weight_grad(features: torch.Tensor, grad_output: torch.Tensor, n
         outputs = grad_output[rows].to(accumulate).reshape(-1, groups, out_channels // groups)
         grad[tap] = torch.einsum('pgi,pgo->igo', gathered, outputs)
     return grad.reshape(taps, in_per_group, out_channels).to(features.dtype)
+
+
+def merge_tokens(tokens: torch.Tensor, sizes: torch.Tensor, index: torch.Tensor, num_out: int):
+    """Size-weighted mean of the tokens sent to each output slot: ToMe's merge.
+
+    ``merged_sizes[b, j]`` sums ``sizes[b, i]`` over the tokens ``i`` with
+    ``index[b, i] == j``, and ``merged[b, j]`` is the mean of their rows of
+    ``tokens`` weighted by ``sizes``; slots no token is sent to hold zeros and
+    size 0. ToMe's three passes: add ``tokens * sizes`` into the slots, add
+    ``sizes``, divide. Rows are added in token order; half and bfloat16 are
+    computed in float32 and rounded once.
+
+    Args:
+        tokens: ``[B, N, C]`` features.
+        sizes: ``[B, N]`` how many original patches each token stands for (> 0).
+        index: ``[B, N]`` int64 output slot of every token, in ``[0, num_out)``.
+        num_out: ``M``, the number of output slots.
+
+    Returns:
+        ``(merged, merged_sizes)``: ``[B, M, C]`` and ``[B, M]``.
+    """
+    batch, num_tokens, channels = tokens.shape
+    accumulate_dtype = torch.float32 if tokens.dtype in (torch.float16, torch.bfloat16) else tokens.dtype
+    weights = sizes.to(accumulate_dtype)
+    slots = (index + num_out * torch.arange(batch, device=index.device)[:, None]).flatten()  # rows of [B * M]
+    weighted = (tokens.to(accumulate_dtype) * weights[..., None]).reshape(batch * num_tokens, channels)
+    merged = weighted.new_zeros(batch * num_out, channels).index_add_(0, slots, weighted)
+    merged_sizes = weights.new_zeros(batch * num_out).index_add_(0, slots, weights.flatten())
+    merged = merged / merged_sizes.where(merged_sizes != 0, 1)[:, None]  # empty slots: 0 / 1
+    return (merged.view(batch, num_out, channels).to(tokens.dtype),
+            merged_sizes.view(batch, num_out).to(sizes.dtype))

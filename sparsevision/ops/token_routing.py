@@ -1,7 +1,9 @@
-"""Token routing: gather kept tokens, scatter them back into the full grid.
+"""Token routing: gather kept tokens, scatter them back into the full grid, merge tokens.
 
-These two ops are each other's adjoint, so each one's gradient is the other.
-Both are deterministic on CPU and CUDA (no floating-point atomics).
+``gather_tokens`` and ``scatter_tokens`` are each other's adjoint, so each
+one's gradient is the other. ``merge_tokens`` is ToMe's size-weighted merge;
+its gradient is built from ``gather_tokens``. All are deterministic on CPU and
+CUDA (no floating-point atomics).
 """
 import torch
 
@@ -9,6 +11,7 @@ from . import library  # noqa: F401  (defines the ops and loads their kernels)
 
 _gather = torch.ops.sparsevision.gather_tokens.default
 _scatter = torch.ops.sparsevision.scatter_tokens.default
+_merge = torch.ops.sparsevision.merge_tokens.default
 
 
 def _check_arguments(tokens: torch.Tensor, index: torch.Tensor, num_tokens: int, op: str) -> None:
@@ -69,6 +72,78 @@ def scatter_tokens(tokens: torch.Tensor, index: torch.Tensor, num_tokens: int) -
     return _scatter(tokens, index, num_tokens)
 
 
+def _check_merge_arguments(tokens: torch.Tensor, sizes: torch.Tensor, index: torch.Tensor, num_out: int) -> None:
+    if num_out < 0:
+        raise ValueError(f'merge_tokens: num_out must be >= 0, got {num_out}')
+    _check_arguments(tokens, index, num_out, 'merge_tokens')
+    batch, num_tokens = tokens.shape[:2]
+    if index.shape[1] != num_tokens:
+        raise ValueError(f'merge_tokens: index must be [batch, tokens] = [{batch}, {num_tokens}] (one output slot '
+                         f'per token), got shape {tuple(index.shape)}')
+    if sizes.shape != (batch, num_tokens):
+        raise ValueError(f'merge_tokens: sizes must be [batch, tokens] = [{batch}, {num_tokens}] (one size per '
+                         f'token), got shape {tuple(sizes.shape)}')
+    if sizes.dtype != tokens.dtype:
+        raise ValueError(f'merge_tokens: sizes are {sizes.dtype} but tokens are {tokens.dtype}; '
+                         'convert them with sizes.to(tokens.dtype)')
+    if sizes.device != tokens.device:
+        raise ValueError(f'merge_tokens: sizes are on {sizes.device} but tokens are on {tokens.device}; '
+                         'move them with sizes.to(tokens.device)')
+    if sizes.numel() and not torch.compiler.is_compiling() and not bool((sizes > 0).all()):
+        raise ValueError(f'merge_tokens: sizes must be > 0 (how many patches each token stands for), got minimum '
+                         f'{sizes.min().item()}; start from torch.ones(batch, tokens) and pass on merged_sizes')
+
+
+def merge_tokens(tokens: torch.Tensor, sizes: torch.Tensor, index: torch.Tensor, num_out: int):
+    """Merge tokens into ``num_out`` slots by size-weighted mean (ToMe's merge, Bolya et al., ICLR 2023).
+
+    ``merged_sizes[b, j]`` is the sum of ``sizes[b, i]`` over the tokens with
+    ``index[b, i] == j`` and ``merged[b, j]`` the mean of those tokens weighted
+    by their sizes; a slot no token is sent to holds zeros and size 0. ToMe's
+    ``(s_dst x_dst + sum s_src x_src) / (s_dst + sum s_src)`` is the case where
+    the destination token is sent to a slot together with its sources. Each
+    output element is summed in token order by one thread, so the result does
+    not depend on the thread count; half and bfloat16 accumulate in float32.
+
+    Args:
+        tokens: ``[B, N, C]`` floating-point features.
+        sizes: ``[B, N]``, dtype of ``tokens``, all > 0: how many original
+            patches each token stands for (ones before the first merge).
+        index: ``[B, N]`` int64 output slot of every token, in ``[0, num_out)``.
+        num_out: ``M``, the number of output slots.
+
+    Returns:
+        ``(merged, merged_sizes)``: ``[B, M, C]`` and ``[B, M]``; differentiable
+        with respect to ``tokens`` and ``sizes`` (twice).
+
+    Raises:
+        ValueError: on wrong shapes, dtypes or devices, out-of-range indices or sizes <= 0.
+    """
+    _check_merge_arguments(tokens, sizes, index, num_out)
+    return _merge(tokens, sizes, index, num_out)
+
+
+def unmerge_tokens(merged: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Undo :func:`merge_tokens` for dense outputs: ``out[b, i] = merged[b, index[b, i]]``.
+
+    Every token takes its slot's row, so tokens merged together come back as
+    copies of their merged row (ToMe's unmerge). This is :func:`gather_tokens`
+    with the merge's ``index``.
+
+    Args:
+        merged: ``[B, M, C]`` rows of the merged slots (or features computed from them).
+        index: ``[B, N]`` the int64 index given to :func:`merge_tokens`.
+
+    Returns:
+        ``[B, N, C]``; differentiable with respect to ``merged``.
+
+    Raises:
+        ValueError: on wrong shapes, dtypes, devices or out-of-range indices.
+    """
+    _check_arguments(merged, index, merged.shape[1], 'unmerge_tokens')
+    return _gather(merged, index)
+
+
 @torch.library.register_fake('sparsevision::gather_tokens')
 def _gather_fake(tokens, index):
     return tokens.new_empty(tokens.shape[0], index.shape[1], tokens.shape[2])
@@ -77,6 +152,11 @@ def _gather_fake(tokens, index):
 @torch.library.register_fake('sparsevision::scatter_tokens')
 def _scatter_fake(tokens, index, num_tokens):
     return tokens.new_empty(tokens.shape[0], num_tokens, tokens.shape[2])
+
+
+@torch.library.register_fake('sparsevision::merge_tokens')
+def _merge_fake(tokens, sizes, index, num_out):
+    return tokens.new_empty(tokens.shape[0], num_out, tokens.shape[2]), sizes.new_empty(sizes.shape[0], num_out)
 
 
 def _save_index(ctx, inputs, output):
@@ -97,3 +177,32 @@ def _scatter_backward(ctx, grad):
 
 torch.library.register_autograd('sparsevision::gather_tokens', _gather_backward, setup_context=_save_index)
 torch.library.register_autograd('sparsevision::scatter_tokens', _scatter_backward, setup_context=_save_index)
+
+
+def _save_merge(ctx, inputs, output):
+    tokens, sizes, index, _ = inputs
+    ctx.save_for_backward(tokens, sizes, index, *output)
+
+
+def _merge_backward(ctx, grad_merged, grad_merged_sizes):
+    """Gradients of the merge, built from ``gather_tokens`` and elementwise ops so they are differentiable again.
+
+    For token ``i`` in slot ``j`` of size ``S_j`` and mean ``m_j``: ``d tokens_i = sizes_i / S_j * d m_j`` and
+    ``d sizes_i = <d m_j, tokens_i - m_j> / S_j + d S_j``.
+    """
+    tokens, sizes, index, merged, merged_sizes = ctx.saved_tensors
+    slot_sizes = _gather(merged_sizes.unsqueeze(-1), index)  # [B, N, 1], > 0: each token's slot contains it
+    slot_grad = _gather(grad_merged.contiguous(), index)
+    grad_tokens = grad_sizes = None
+    if ctx.needs_input_grad[1]:
+        deviation = tokens - _gather(merged, index)
+        slot_grad_sizes = _gather(grad_merged_sizes.contiguous().unsqueeze(-1), index)
+        grad_sizes = ((slot_grad * deviation).sum(-1, keepdim=True) / slot_sizes + slot_grad_sizes).squeeze(-1)
+    if ctx.needs_input_grad[0]:
+        share = sizes.unsqueeze(-1) / slot_sizes
+        # slot_grad is a fresh buffer used last here: scale it in place unless a double backward is being recorded.
+        grad_tokens = slot_grad * share if torch.is_grad_enabled() else slot_grad.mul_(share)
+    return grad_tokens, grad_sizes, None, None
+
+
+torch.library.register_autograd('sparsevision::merge_tokens', _merge_backward, setup_context=_save_merge)

@@ -1,12 +1,15 @@
 """Benchmark sparsevision token routing against the pure-PyTorch chain.
 
-Ours: ``sparsevision.ops.gather_tokens`` / ``scatter_tokens`` as users call them
-(argument and index-range checks included). Peer: the pure-PyTorch references in
-``sparsevision.ops.reference`` (``torch.gather`` / ``scatter_add_`` with an
-expanded index), i.e. what a model writes without the extension. Cases are
-ViT-S/16-like: N=197 tokens, C=384 channels, K=round(0.7 N)=138 kept tokens,
-batch 1, 8 and 32; plus ToMe-like cases whose index holds many duplicates
-(197 tokens merged into 99 rows and unmerged back).
+Ours: ``sparsevision.ops.gather_tokens`` / ``scatter_tokens`` / ``merge_tokens``
+as users call them (argument, index-range and size checks included). Peer: the
+pure-PyTorch references in ``sparsevision.ops.reference`` (``torch.gather`` /
+``scatter_add_`` with an expanded index; for the merge ToMe's three passes:
+``index_add_`` of ``tokens * sizes``, ``index_add_`` of ``sizes``, divide), i.e.
+what a model writes without the extension. Cases are ViT-S/16-like: N=197
+tokens, C=384 channels, K=round(0.7 N)=138 kept tokens, batch 1, 8 and 32;
+ToMe-like cases whose index holds many duplicates (197 tokens merged into 99
+rows and unmerged back); and ToMe's size-weighted merge of r=13 tokens per
+block (197 tokens into 184 slots), forward and forward+backward.
 
 ``ratio`` is ours/peer time: lower is better, below 1 means ours is faster. It is
 the median of per-round ratios (rounds alternate which side runs first);
@@ -38,7 +41,7 @@ except ImportError:
 
 import torch
 
-from sparsevision.ops import extension_info, gather_tokens, reference, scatter_tokens
+from sparsevision.ops import extension_info, gather_tokens, merge_tokens, reference, scatter_tokens
 
 import protocol  # noqa: E402  (tools/benchmark/protocol.py, beside this script)
 
@@ -46,10 +49,11 @@ NUM_TOKENS = 197
 CHANNELS = 384
 KEPT = round(0.7 * NUM_TOKENS)
 MERGED = 99
+TOME_R = 13
 WARMUP_S = 0.05
 REPETITIONS = 5
 MATCH_TOLERANCE = 1e-6
-PEER = 'pure PyTorch (torch.gather / scatter_add_)'
+PEER = 'pure PyTorch (torch.gather / scatter_add_; merge: index_add_ of x*s, index_add_ of s, divide)'
 
 
 @dataclass
@@ -75,6 +79,56 @@ def gather_forward_backward(gather, tokens, index, grad):
     return out, torch.autograd.grad(out, tokens, grad)[0]
 
 
+def tome_index(batch, num_tokens, merged, generator):
+    """ToMe's bipartite merge of ``merged`` tokens: a ``[batch, num_tokens]`` index into ``num_tokens - merged`` slots.
+
+    Even tokens form set A, odd tokens set B; ``merged`` random tokens of A other
+    than the class token (position 0) move into random tokens of B. Slots follow
+    ToMe's output order: A's kept tokens, then B.
+    """
+    set_a, set_b = torch.arange(0, num_tokens, 2), torch.arange(1, num_tokens, 2)
+    num_kept = len(set_a) - merged
+    rows = []
+    for _ in range(batch):
+        moved = 1 + torch.randperm(len(set_a) - 1, generator=generator)[:merged]
+        kept = torch.ones(len(set_a), dtype=torch.bool)
+        kept[moved] = False
+        index = torch.empty(num_tokens, dtype=torch.long)
+        index[set_a[kept]] = torch.arange(num_kept)
+        index[set_b] = num_kept + torch.arange(len(set_b))
+        index[set_a[moved]] = num_kept + torch.randint(0, len(set_b), (merged,), generator=generator)
+        rows.append(index)
+    return torch.stack(rows)
+
+
+def merge_forward_backward(merge, tokens, sizes, index, num_out, grad):
+    """Merge, then the gradient of ``sum(merged * grad)`` with respect to ``tokens`` (sizes need none, as in ToMe)."""
+    merged, merged_sizes = merge(tokens, sizes, index, num_out)
+    return merged, merged_sizes, torch.autograd.grad(merged, tokens, grad)[0]
+
+
+def make_merge_cases(batch, device):
+    """ToMe's merge of ``TOME_R`` tokens: forward, and forward+backward."""
+    generator = torch.Generator().manual_seed(batch)
+    num_out = NUM_TOKENS - TOME_R
+    tokens = torch.randn(batch, NUM_TOKENS, CHANNELS, generator=generator).to(device)
+    sizes = torch.randint(1, 5, (batch, NUM_TOKENS), generator=generator).float().to(device)
+    index = tome_index(batch, NUM_TOKENS, TOME_R, generator).to(device)
+    grad = torch.randn(batch, num_out, CHANNELS, generator=generator).to(device)
+    leaf = tokens.clone().requires_grad_()
+    element = tokens.element_size()
+    token_bytes = batch * NUM_TOKENS * (CHANNELS + 2) * element
+    merged_bytes = batch * num_out * (CHANNELS + 1) * element
+    shape = f'B={batch} N={NUM_TOKENS} C={CHANNELS} -> {num_out}, ToMe r={TOME_R}'
+    return [
+        Case(f'merge fwd, {shape}', lambda: merge_tokens(tokens, sizes, index, num_out),
+             lambda: reference.merge_tokens(tokens, sizes, index, num_out), token_bytes + merged_bytes),
+        Case(f'merge fwd+bwd, {shape}', lambda: merge_forward_backward(merge_tokens, leaf, sizes, index, num_out, grad),
+             lambda: merge_forward_backward(reference.merge_tokens, leaf, sizes, index, num_out, grad),
+             2 * (token_bytes + merged_bytes)),
+    ]
+
+
 def make_cases(batch, num_tokens, count, duplicates, label, device):
     """The gather, scatter and gather forward+backward cases of one shape."""
     generator = torch.Generator().manual_seed(batch * 1000 + count)
@@ -98,12 +152,15 @@ def make_cases(batch, num_tokens, count, duplicates, label, device):
 
 
 def all_cases(quick, device):
-    """The headline shape (B=32, keep 70%) in quick mode, else every batch size and the ToMe-like shape."""
+    """The headline shapes (B=32: keep 70%, ToMe merge) in quick mode, else every batch size and ToMe-like shape."""
     shapes = [(32, NUM_TOKENS, KEPT, False, ', keep 70%')]
+    merge_batches = [32]
     if not quick:
         shapes = ([(batch, NUM_TOKENS, KEPT, False, ', keep 70%') for batch in (1, 8, 32)]
                   + [(32, MERGED, NUM_TOKENS, True, ', ToMe duplicates')])
-    return [case for shape in shapes for case in make_cases(*shape, device)]
+        merge_batches = [1, 8, 32]
+    return ([case for shape in shapes for case in make_cases(*shape, device)]
+            + [case for batch in merge_batches for case in make_merge_cases(batch, device)])
 
 
 
