@@ -105,11 +105,18 @@ def stage_caption(carriers: np.ndarray) -> str:
     details = []
     dropped = int((carriers < 0).sum())
     if dropped:
-        details.append(f'{dropped} patches dropped')
+        details.append(f'{counted(dropped, "patch")} dropped')
     merged = patch_counts[patch_counts > 1]
     if len(merged):
-        details.append(f'{int(merged.sum())} patches in {len(merged)} merged tokens')
-    return f'{len(tokens)} tokens\n' + ('\n'.join(details) or 'all patches kept')
+        details.append(f'{counted(int(merged.sum()), "patch")} in {counted(len(merged), "merged token")}')
+    return f'{counted(len(tokens), "token")}\n' + ('\n'.join(details) or 'all patches kept')
+
+
+def counted(count: int, noun: str) -> str:
+    """``'1 patch'``, ``'3 patches'``, ``'2 merged tokens'``."""
+    plural = noun + ('es' if noun.endswith(('ch', 'sh', 's', 'x')) else 's')
+    return f'{count} {noun if count == 1 else plural}'
+
 
 
 def draw_token_routing(routing: TokenRouting, prediction: dict, title: Optional[str] = None) -> Figure:

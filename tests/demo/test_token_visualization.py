@@ -105,7 +105,7 @@ def test_outlines_overlay_and_caption_of_a_known_stage():
     overlay = patch_overlay(carriers)
     assert tuple(overlay[1, 0]) == DROPPED_RGBA and overlay[0, 2, 3] == 0
     assert tuple(overlay[0, 0]) == tuple(overlay[0, 1]) != tuple(overlay[1, 1]) == tuple(overlay[1, 2])
-    assert stage_caption(carriers) == '3 tokens\n1 patches dropped\n4 patches in 2 merged tokens'
+    assert stage_caption(carriers) == '3 tokens\n1 patch dropped\n4 patches in 2 merged tokens'
     assert stage_caption(np.arange(4).reshape(2, 2)) == '4 tokens\nall patches kept'
 
 
