@@ -1,4 +1,5 @@
 """DynamicViT: a light predictor scores tokens; Gumbel-masked attention in training, real pruning in inference."""
+import math
 from typing import Dict, Sequence
 
 import torch
@@ -6,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...registry import MODELS
-from .router import TokenRouter, check_keep_rate, kept_count
+from .router import TokenRouter, check_keep_rate
 from .state import TokenState
 
 
@@ -34,10 +35,10 @@ class DynamicViTRouter(TokenRouter):
 
     Before each block in ``locations`` a :class:`KeepPredictor` scores the patch tokens. Training keeps
     every token but draws hard keep decisions with a straight-through Gumbel-softmax and masks dropped
-    tokens out of all later attention; inference keeps the ``ceil(keep_rate * N)`` best-scored tokens
-    (the sequence really shrinks). The keep-ratio loss pulls stage ``s``'s kept fraction towards
-    ``keep_rate ** (s + 1)``; the distillation losses against a dense teacher live in
-    :class:`~sparsevision.models.TokenPruningClassifier`.
+    tokens out of all later attention; inference keeps the ``floor(keep_rate ** (s + 1) * N0)`` best-scored
+    tokens at stage ``s`` of ``N0`` patches, as the paper does (the sequence really shrinks). The keep-ratio
+    loss pulls stage ``s``'s kept fraction towards ``keep_rate ** (s + 1)``; the distillation from a dense
+    teacher lives in :class:`~sparsevision.models.TokenPruningClassifier`.
 
     Args:
         keep_rate: fraction kept at each location, in (0, 1].
@@ -53,18 +54,21 @@ class DynamicViTRouter(TokenRouter):
 
     def bind(self, depth: int, embed_dim: int, num_prefix: int, num_patches: int) -> None:
         super().bind(depth, embed_dim, num_prefix, num_patches)
+        self.num_patches = num_patches
         if len(self.predictors) != len(self.locations):
             self.predictors = nn.ModuleList(KeepPredictor(embed_dim) for _ in self.locations)
 
     def before_block(self, x: torch.Tensor, state: TokenState, index: int) -> torch.Tensor:
         if index not in self.locations or (self.keep_rate == 1 and not self.training):
             return x
-        predictor = self.predictors[self.locations.index(index)]
+        stage = self.locations.index(index)
+        predictor = self.predictors[stage]
         prefix = state.num_prefix
         patches = x[:, prefix:]
         if not self.training:
             log_probs = predictor(patches, torch.ones(patches.shape[:2], device=x.device))
-            rows = log_probs[..., 0].topk(kept_count(self.keep_rate, patches.shape[1]), dim=1).indices
+            kept = max(1, math.floor(self.keep_rate ** (stage + 1) * self.num_patches + 1e-9))
+            rows = log_probs[..., 0].topk(min(kept, patches.shape[1]), dim=1).indices
             return state.keep_rows(x, rows.sort(dim=1).values + prefix)
         previous = (state.keep[:, prefix:] if state.keep is not None
                     else torch.ones(patches.shape[:2], dtype=x.dtype, device=x.device))
