@@ -49,4 +49,14 @@ inline void check_merge_arguments(const at::Tensor& tokens, const at::Tensor& si
   TORCH_CHECK_VALUE(num_out >= 0, "merge_tokens: num_out must be >= 0, got ", num_out);
 }
 
+// select_tokens: scores [B, M] floating point, 0 <= keep <= M, num_prefix >= 0.
+inline void check_select_arguments(const at::Tensor& scores, int64_t keep, int64_t num_prefix) {
+  TORCH_CHECK_VALUE(scores.dim() == 2, "select_tokens: scores must be [batch, tokens], got ", scores.sizes());
+  TORCH_CHECK_VALUE(at::isFloatingType(scores.scalar_type()), "select_tokens: scores must be floating point, got ",
+                    scores.scalar_type());
+  TORCH_CHECK_VALUE(keep >= 0 && keep <= scores.size(1), "select_tokens: keep must lie in [0, ", scores.size(1),
+                    "], got ", keep);
+  TORCH_CHECK_VALUE(num_prefix >= 0, "select_tokens: num_prefix must be >= 0, got ", num_prefix);
+}
+
 }  // namespace sparsevision

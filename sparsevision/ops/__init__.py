@@ -8,7 +8,7 @@ from .kernel_map import (build_kernel_map, check_indices, downsample_indices, in
                          submanifold_kernel_map)
 from .library import EXTENSION, ExtensionInfo
 from .sparse_conv import sparse_conv, transpose_weight
-from .token_routing import gather_tokens, merge_tokens, scatter_tokens, unmerge_tokens
+from .token_routing import gather_tokens, merge_tokens, scatter_tokens, select_tokens, unmerge_tokens
 
 
 def extension_info() -> ExtensionInfo:
@@ -17,5 +17,5 @@ def extension_info() -> ExtensionInfo:
 
 
 __all__ = ['ExtensionInfo', 'build_kernel_map', 'check_indices', 'downsample_indices', 'extension_info',
-           'gather_tokens', 'invert_kernel_map', 'merge_tokens', 'scatter_tokens', 'sparse_conv',
+           'gather_tokens', 'invert_kernel_map', 'merge_tokens', 'scatter_tokens', 'select_tokens', 'sparse_conv',
            'submanifold_kernel_map', 'transpose_weight', 'unmerge_tokens']

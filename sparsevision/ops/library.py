@@ -21,6 +21,7 @@ SCHEMAS = {
     'scatter_tokens': 'scatter_tokens(Tensor tokens, Tensor index, SymInt num_tokens) -> Tensor',
     'merge_tokens': ('merge_tokens(Tensor tokens, Tensor sizes, Tensor index, SymInt num_out) '
                      '-> (Tensor merged, Tensor merged_sizes)'),
+    'select_tokens': 'select_tokens(Tensor scores, int keep, int num_prefix) -> Tensor',
     'kernel_map': ('kernel_map(Tensor in_indices, Tensor out_indices, int[] spatial_shape, int[] kernel_size, '
                    'int[] stride, int[] padding, int[] dilation) -> Tensor'),
     'downsample_indices': ('downsample_indices(Tensor indices, int[] spatial_shape, int[] kernel_size, '

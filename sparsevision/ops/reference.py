@@ -196,3 +196,26 @@ def merge_tokens(tokens: torch.Tensor, sizes: torch.Tensor, index: torch.Tensor,
     merged = merged / merged_sizes.where(merged_sizes != 0, 1)[:, None]  # empty slots: 0 / 1
     return (merged.view(batch, num_out, channels).to(tokens.dtype),
             merged_sizes.view(batch, num_out).to(sizes.dtype))
+
+
+def select_tokens(scores: torch.Tensor, keep: int, num_prefix: int) -> torch.Tensor:
+    """Prefix positions, then the positions of the ``keep`` highest scores per sample in ascending order.
+
+    Token ``i`` of ``scores`` sits at sequence position ``num_prefix + i``.
+    Equal scores rank by position (lower first: a stable descending sort) and
+    NaN ranks after every number, -inf included.
+
+    Args:
+        scores: ``[B, M]`` one score per non-prefix token.
+        keep: how many tokens to keep, in ``[0, M]``.
+        num_prefix: leading tokens (class, registers) that are always kept.
+
+    Returns:
+        ``[B, num_prefix + keep]`` int64 sequence positions.
+    """
+    is_nan = scores.isnan()
+    by_score = scores.masked_fill(is_nan, -torch.inf).sort(dim=1, descending=True, stable=True).indices
+    nan_last = is_nan.gather(1, by_score).to(torch.uint8).sort(dim=1, stable=True).indices
+    chosen = by_score.gather(1, nan_last)[:, :keep].sort(dim=1).values + num_prefix
+    prefix = torch.arange(num_prefix, device=scores.device).expand(scores.shape[0], -1)
+    return torch.cat([prefix, chosen], dim=1)

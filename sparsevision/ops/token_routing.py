@@ -1,9 +1,10 @@
-"""Token routing: gather kept tokens, scatter them back into the full grid, merge tokens.
+"""Token routing: select the tokens to keep, gather them, scatter them back into the full grid, merge tokens.
 
-``gather_tokens`` and ``scatter_tokens`` are each other's adjoint, so each
-one's gradient is the other. ``merge_tokens`` is ToMe's size-weighted merge;
-its gradient is built from ``gather_tokens``. All are deterministic on CPU and
-CUDA (no floating-point atomics).
+``select_tokens`` picks each sample's top-k tokens as an index (not
+differentiable). ``gather_tokens`` and ``scatter_tokens`` are each other's
+adjoint, so each one's gradient is the other. ``merge_tokens`` is ToMe's
+size-weighted merge; its gradient is built from ``gather_tokens``. All are
+deterministic on CPU and CUDA (no floating-point atomics).
 """
 import torch
 
@@ -12,6 +13,7 @@ from . import library  # noqa: F401  (defines the ops and loads their kernels)
 _gather = torch.ops.sparsevision.gather_tokens.default
 _scatter = torch.ops.sparsevision.scatter_tokens.default
 _merge = torch.ops.sparsevision.merge_tokens.default
+_select = torch.ops.sparsevision.select_tokens.default
 
 
 def _check_arguments(tokens: torch.Tensor, index: torch.Tensor, num_tokens: int, op: str) -> None:
@@ -144,6 +146,41 @@ def unmerge_tokens(merged: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return _gather(merged, index)
 
 
+def select_tokens(scores: torch.Tensor, keep: int, num_prefix: int = 0) -> torch.Tensor:
+    """Each sample's prefix tokens and its ``keep`` highest-scored tokens, as sequence positions in spatial order.
+
+    Token ``i`` of ``scores`` sits at sequence position ``num_prefix + i``; the
+    ``num_prefix`` leading tokens (class, registers) are always kept. Equal
+    scores rank by position, lower first (a stable descending sort), so the
+    choice is deterministic; NaN ranks after every number, -inf included.
+    The index feeds :func:`gather_tokens` directly. Not differentiable: the
+    result carries no gradient to ``scores``.
+
+    Args:
+        scores: ``[B, M]`` floating-point score of every non-prefix token.
+        keep: how many non-prefix tokens to keep, in ``[0, M]``.
+        num_prefix: leading tokens that are always kept.
+
+    Returns:
+        ``[B, num_prefix + keep]`` int64: ``0 .. num_prefix - 1``, then the
+        positions of the kept tokens in ascending order.
+
+    Raises:
+        ValueError: if ``scores`` is not 2-D floating point, ``keep`` is outside
+            ``[0, M]`` or ``num_prefix`` is negative.
+    """
+    if scores.dim() != 2:
+        raise ValueError(f'select_tokens: scores must be [batch, tokens], got shape {tuple(scores.shape)}')
+    if not scores.is_floating_point():
+        raise ValueError(f'select_tokens: scores must be floating point, got {scores.dtype}')
+    if not 0 <= keep <= scores.shape[1]:
+        raise ValueError(f'select_tokens: keep must lie in [0, {scores.shape[1]}] (the number of scored tokens), '
+                         f'got {keep}')
+    if num_prefix < 0:
+        raise ValueError(f'select_tokens: num_prefix must be >= 0, got {num_prefix}')
+    return _select(scores, keep, num_prefix)
+
+
 @torch.library.register_fake('sparsevision::gather_tokens')
 def _gather_fake(tokens, index):
     return tokens.new_empty(tokens.shape[0], index.shape[1], tokens.shape[2])
@@ -157,6 +194,11 @@ def _scatter_fake(tokens, index, num_tokens):
 @torch.library.register_fake('sparsevision::merge_tokens')
 def _merge_fake(tokens, sizes, index, num_out):
     return tokens.new_empty(tokens.shape[0], num_out, tokens.shape[2]), sizes.new_empty(sizes.shape[0], num_out)
+
+
+@torch.library.register_fake('sparsevision::select_tokens')
+def _select_fake(scores, keep, num_prefix):
+    return scores.new_empty(scores.shape[0], num_prefix + keep, dtype=torch.int64)
 
 
 def _save_index(ctx, inputs, output):

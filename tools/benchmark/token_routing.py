@@ -1,15 +1,17 @@
 """Benchmark sparsevision token routing against the pure-PyTorch chain.
 
-Ours: ``sparsevision.ops.gather_tokens`` / ``scatter_tokens`` / ``merge_tokens``
-as users call them (argument, index-range and size checks included). Peer: the
-pure-PyTorch references in ``sparsevision.ops.reference`` (``torch.gather`` /
-``scatter_add_`` with an expanded index; for the merge ToMe's three passes:
-``index_add_`` of ``tokens * sizes``, ``index_add_`` of ``sizes``, divide), i.e.
-what a model writes without the extension. Cases are ViT-S/16-like: N=197
+Ours: ``sparsevision.ops.gather_tokens`` / ``scatter_tokens`` / ``merge_tokens`` /
+``select_tokens`` as users call them (argument, index-range and size checks
+included). Peer: the pure-PyTorch references in ``sparsevision.ops.reference``
+(``torch.gather`` / ``scatter_add_`` with an expanded index; for the merge ToMe's
+three passes: ``index_add_`` of ``tokens * sizes``, ``index_add_`` of ``sizes``,
+divide), and for the selection the ``topk`` + ``sort`` + ``cat`` chain, i.e. what a
+model writes without the extension. Cases are ViT-S/16-like: N=197
 tokens, C=384 channels, K=round(0.7 N)=138 kept tokens, batch 1, 8 and 32;
 ToMe-like cases whose index holds many duplicates (197 tokens merged into 99
 rows and unmerged back); and ToMe's size-weighted merge of r=13 tokens per
-block (197 tokens into 184 slots), forward and forward+backward.
+block (197 tokens into 184 slots), forward and forward+backward; and the
+per-sample top-k selection of K=137 of M=196 patch scores behind one class token.
 
 ``ratio`` is ours/peer time: lower is better, below 1 means ours is faster. It is
 the median of per-round ratios (rounds alternate which side runs first);
@@ -41,7 +43,7 @@ except ImportError:
 
 import torch
 
-from sparsevision.ops import extension_info, gather_tokens, merge_tokens, reference, scatter_tokens
+from sparsevision.ops import extension_info, gather_tokens, merge_tokens, reference, scatter_tokens, select_tokens
 
 import protocol  # noqa: E402  (tools/benchmark/protocol.py, beside this script)
 
@@ -50,10 +52,13 @@ CHANNELS = 384
 KEPT = round(0.7 * NUM_TOKENS)
 MERGED = 99
 TOME_R = 13
+NUM_PREFIX = 1
+SELECTED = round(0.7 * (NUM_TOKENS - NUM_PREFIX))
 WARMUP_S = 0.05
 REPETITIONS = 5
 MATCH_TOLERANCE = 1e-6
-PEER = 'pure PyTorch (torch.gather / scatter_add_; merge: index_add_ of x*s, index_add_ of s, divide)'
+PEER = ('pure PyTorch (torch.gather / scatter_add_; merge: index_add_ of x*s, index_add_ of s, divide; '
+        'select: topk + sort + cat)')
 
 
 @dataclass
@@ -129,6 +134,24 @@ def make_merge_cases(batch, device):
     ]
 
 
+def topk_chain(scores, keep, num_prefix):
+    """The pure-PyTorch selection: ``topk``, ``sort`` the kept positions, ``cat`` the prefix in front."""
+    chosen = scores.topk(keep, dim=1).indices.sort(dim=1).values + num_prefix
+    prefix = torch.arange(num_prefix, device=scores.device).expand(scores.shape[0], -1)
+    return torch.cat([prefix, chosen], dim=1)
+
+
+def make_select_case(batch, device):
+    """Keep the ``SELECTED`` highest of ``NUM_TOKENS - NUM_PREFIX`` random (tie-free) patch scores per sample."""
+    generator = torch.Generator().manual_seed(batch)
+    num_scored = NUM_TOKENS - NUM_PREFIX
+    scores = torch.randn(batch, num_scored, generator=generator).to(device)
+    bytes_moved = batch * (num_scored * scores.element_size() + (NUM_PREFIX + SELECTED) * 8)
+    return Case(f'select fwd, B={batch} M={num_scored} K={SELECTED} prefix {NUM_PREFIX}',
+                lambda: (select_tokens(scores, SELECTED, NUM_PREFIX),),
+                lambda: (topk_chain(scores, SELECTED, NUM_PREFIX),), bytes_moved)
+
+
 def make_cases(batch, num_tokens, count, duplicates, label, device):
     """The gather, scatter and gather forward+backward cases of one shape."""
     generator = torch.Generator().manual_seed(batch * 1000 + count)
@@ -152,15 +175,17 @@ def make_cases(batch, num_tokens, count, duplicates, label, device):
 
 
 def all_cases(quick, device):
-    """The headline shapes (B=32: keep 70%, ToMe merge) in quick mode, else every batch size and ToMe-like shape."""
+    """The headline shapes (B=32: keep 70%, ToMe merge, selection) in quick mode, else every batch size and ToMe-like
+    shape."""
     shapes = [(32, NUM_TOKENS, KEPT, False, ', keep 70%')]
-    merge_batches = [32]
+    batches = [32]
     if not quick:
         shapes = ([(batch, NUM_TOKENS, KEPT, False, ', keep 70%') for batch in (1, 8, 32)]
                   + [(32, MERGED, NUM_TOKENS, True, ', ToMe duplicates')])
-        merge_batches = [1, 8, 32]
+        batches = [1, 8, 32]
     return ([case for shape in shapes for case in make_cases(*shape, device)]
-            + [case for batch in merge_batches for case in make_merge_cases(batch, device)])
+            + [case for batch in batches for case in make_merge_cases(batch, device)]
+            + [make_select_case(batch, device) for batch in batches])
 
 
 
