@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ... import ops
 from ...registry import MODELS
 from .router import TokenRouter, check_keep_rate
 from .state import TokenState
@@ -68,8 +69,8 @@ class DynamicViTRouter(TokenRouter):
         if not self.training:
             log_probs = predictor(patches, torch.ones(patches.shape[:2], device=x.device))
             kept = max(1, math.floor(self.keep_rate ** (stage + 1) * self.num_patches + 1e-9))
-            rows = log_probs[..., 0].topk(min(kept, patches.shape[1]), dim=1).indices
-            return state.keep_rows(x, rows.sort(dim=1).values + prefix)
+            rows = ops.select_tokens(log_probs[..., 0], min(kept, patches.shape[1]))
+            return state.keep_rows(x, rows + prefix)
         previous = (state.keep[:, prefix:] if state.keep is not None
                     else torch.ones(patches.shape[:2], dtype=x.dtype, device=x.device))
         decision = F.gumbel_softmax(predictor(patches, previous), hard=True)[..., 0] * previous

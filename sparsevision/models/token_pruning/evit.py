@@ -3,6 +3,7 @@ from typing import Dict, Optional, Sequence
 
 import torch
 
+from ... import ops
 from ...registry import MODELS
 from .attention import AttentionResult
 from .router import TokenRouter, check_keep_rate, kept_count
@@ -62,8 +63,7 @@ class EViTRouter(TokenRouter):
         """Kept rows ``[B, K]`` in spatial order, and which are real (``None``: all)."""
         candidates = scores.shape[1]
         if self.keep_mass is None:
-            rows = scores.topk(kept_count(self.keep_rate, candidates), dim=1).indices
-            return rows.sort(dim=1).values, None
+            return ops.select_tokens(scores, kept_count(self.keep_rate, candidates)), None
         order = scores.argsort(dim=1, descending=True, stable=True)
         mass = scores.clamp(min=0).gather(1, order).cumsum(dim=1)
         counts = ((mass < self.keep_mass * mass[:, -1:]).sum(dim=1) + 1).clamp(max=candidates)

@@ -3,6 +3,7 @@ from typing import Dict, Sequence
 
 import torch
 
+from ... import ops
 from ...registry import MODELS
 from .attention import AttentionResult
 from .router import TokenRouter, check_keep_rate, kept_count
@@ -41,5 +42,5 @@ class SpAttenRouter(TokenRouter):
             return x
         prefix = state.num_prefix
         scores = state.importance[:, prefix:]
-        rows = scores.topk(kept_count(self.keep_rate, scores.shape[1]), dim=1).indices
-        return state.keep_rows(x, rows.sort(dim=1).values + prefix)
+        rows = ops.select_tokens(scores, kept_count(self.keep_rate, scores.shape[1]))
+        return state.keep_rows(x, rows + prefix)
