@@ -1,4 +1,6 @@
 """Normalisation over the features of a SparseTensor."""
+from typing import Optional
+
 import torch
 import torch.nn as nn
 
@@ -6,11 +8,59 @@ from .modules import SparseModule
 from .tensor import SparseTensor
 
 
+def row_batch_norm(rows: torch.Tensor, running_mean: Optional[torch.Tensor], running_var: Optional[torch.Tensor],
+                   weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], training: bool, momentum: float,
+                   eps: float) -> torch.Tensor:
+    """``F.batch_norm`` over the rows of ``[N, C]``, bitwise the same at any thread count.
+
+    PyTorch's CPU batch norm splits its statistics across threads, so its
+    rounding depends on the thread count; here every statistic is a per-column
+    sum (parallel over columns only). Same arguments as ``F.batch_norm``.
+    """
+    if training or running_mean is None:
+        count = rows.shape[0]
+        if count < 2 and training:
+            raise ValueError(f'batch norm in training needs more than one value per channel, got {count} row(s)')
+        padded = rows if rows.shape[1] > 1 else torch.cat([rows, torch.zeros_like(rows)], dim=1)
+        mean = (padded.sum(dim=0) / count)[:rows.shape[1]]
+        centred = rows - mean
+        padded = centred if rows.shape[1] > 1 else torch.cat([centred, torch.zeros_like(centred)], dim=1)
+        var = ((padded * padded).sum(dim=0) / count)[:rows.shape[1]]
+        if training and running_mean is not None:
+            with torch.no_grad():
+                running_mean.mul_(1 - momentum).add_(mean.detach().to(running_mean.dtype), alpha=momentum)
+                unbiased = var.detach().to(running_var.dtype) * (count / (count - 1))
+                running_var.mul_(1 - momentum).add_(unbiased, alpha=momentum)
+    else:
+        mean, var = running_mean.to(rows.dtype), running_var.to(rows.dtype)
+        centred = rows - mean
+    scale = torch.rsqrt(var + eps)
+    if weight is not None:
+        scale = scale * weight
+    return centred * scale if bias is None else torch.addcmul(bias, centred, scale)
+
+
 class SparseBatchNorm(nn.BatchNorm1d, SparseModule):
-    """BatchNorm over all sites of the batch (spconv's ``SparseBatchNorm``); takes a SparseTensor."""
+    """BatchNorm over all sites of the batch (spconv's ``SparseBatchNorm``); takes a SparseTensor.
+
+    Bitwise deterministic at any thread count (see :func:`row_batch_norm`).
+    """
 
     def forward(self, x: SparseTensor) -> SparseTensor:
-        return x.replace_feature(super().forward(x.features))
+        features = x.features
+        if features.dim() != 2 or features.shape[1] != self.num_features:
+            raise ValueError(f'SparseBatchNorm expects [N, {self.num_features}] features, got '
+                             f'{tuple(features.shape)}')
+        momentum = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:   # cumulative moving average, as nn.BatchNorm does
+                momentum = 1.0 / float(self.num_batches_tracked)
+        use_batch_statistics = self.training or self.running_mean is None
+        return x.replace_feature(row_batch_norm(
+            features, self.running_mean if not self.training or self.track_running_stats else None,
+            self.running_var if not self.training or self.track_running_stats else None, self.weight, self.bias,
+            use_batch_statistics, momentum, self.eps))
 
 
 class SparseGroupNorm(SparseModule):

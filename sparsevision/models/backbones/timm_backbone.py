@@ -1,0 +1,36 @@
+"""Any timm CNN as a multi-scale backbone of the zoo."""
+from typing import Sequence, Tuple
+
+import torch
+from mmengine.model import BaseModule
+
+from ...registry import MODELS
+
+
+@MODELS.register_module()
+class TimmBackbone(BaseModule):
+    """A timm model's stage outputs (``features_only``), e.g. ``resnet50`` or ``convnextv2_atto``.
+
+    Weights are never downloaded (this library runs offline); load them with
+    ``init_cfg=dict(type='Pretrained', checkpoint=...)``.
+
+    Args:
+        model_name: a timm model name.
+        out_indices: which stages to return.
+        in_channels: image channels.
+        **model_args: passed to ``timm.create_model`` (``drop_path_rate``, ``patch_size``, ...).
+    """
+
+    def __init__(self, model_name: str, out_indices: Sequence[int] = (0, 1, 2, 3), in_channels: int = 3,
+                 init_cfg=None, **model_args):
+        super().__init__(init_cfg)
+        import timm
+
+        if not timm.is_model(model_name):
+            raise ValueError(f'timm has no model {model_name!r}')
+        self.model = timm.create_model(model_name, pretrained=False, features_only=True,
+                                       out_indices=tuple(out_indices), in_chans=in_channels, **model_args)
+        self.out_channels = tuple(self.model.feature_info.channels())
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        return tuple(self.model(x))
