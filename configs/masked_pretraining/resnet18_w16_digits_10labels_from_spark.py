@@ -1,9 +1,10 @@
 # Few-label fine-tuning: the quarter-width ResNet-18 on 10 labelled digits per class (100 images), its encoder
-# initialised from SparK pretraining on the unlabelled train split (run spark_resnet18_w16_digits.py first).
+# initialised from SparK pretraining on the unlabelled train split (the shipped spark_resnet18_w16_digits weights;
+# to use your own run, point `pretrained` at work_dirs/spark_resnet18_w16_digits/epoch_200.pth).
 # The from-scratch baseline is this config with --cfg-options model.backbone.init_cfg=None.
 _base_ = ['../resnet/resnet18_w16_digits.py']
 
-pretrained = 'work_dirs/spark_resnet18_w16_digits/epoch_200.pth'
+pretrained = '{{ fileDirname }}/../../sparsevision/model_zoo/weights/spark_resnet18_w16_digits.pth'
 model = dict(backbone=dict(init_cfg=dict(type='Pretrained', checkpoint=pretrained, prefix='backbone.')))
 train_dataloader = dict(dataset=dict(labels_per_class=10))
 max_epochs = 100

@@ -1,6 +1,7 @@
 # SparK pretraining of the quarter-width ResNet-18 on the real digits (labels unused): 32x32 input, downsample
 # ratio 8, so a 4x4 patch grid with 60% of the patches hidden; the encoder runs sparsely on the visible ones.
-_base_ = ['../_base_/datasets/digits.py', '../_base_/schedules/adamw_cosine.py', '../_base_/default_runtime.py']
+_base_ = ['../_base_/datasets/digits_unlabelled.py', '../_base_/schedules/adamw_cosine.py',
+          '../_base_/default_runtime.py']
 
 model = dict(
     type='SparK',
@@ -9,13 +10,8 @@ model = dict(
     in_channels=1,
     mask_ratio=0.6,
 )
-train_dataloader = dict(batch_size=64)
-val_dataloader = None
 val_cfg = None
-val_evaluator = None
-test_dataloader = None
 test_cfg = None
-test_evaluator = None
 max_epochs = 200
 train_cfg = dict(max_epochs=max_epochs, val_interval=max_epochs + 1)
 optim_wrapper = dict(optimizer=dict(lr=1e-3, weight_decay=0.04))

@@ -58,23 +58,8 @@ class ImageClassificationInferencer:
                                                  data_samples=[sample['data_samples'] for sample in samples]))
 
     def sample_photo(self, name: str) -> np.ndarray:
-        """One of scikit-image's real photos (:data:`SAMPLE_PHOTOS`) as this model's input: float32 in [0, 1]
-        with its channels (grey for one), centre-cropped to its input's aspect and area-resized to its size."""
-        if name not in SAMPLE_PHOTOS:
-            raise ValueError(f'unknown photo {name!r}; choose one of {", ".join(SAMPLE_PHOTOS)}')
-        import skimage.data
-
-        photo = getattr(skimage.data, name)()
-        if self.channels == 1:
-            photo = cv2.cvtColor(photo, cv2.COLOR_RGB2GRAY)
-        if self.input_size is not None:
-            height, width = self.input_size
-            crop_height = min(photo.shape[0], round(photo.shape[1] * height / width))
-            crop_width = min(photo.shape[1], round(photo.shape[0] * width / height))
-            top, left = (photo.shape[0] - crop_height) // 2, (photo.shape[1] - crop_width) // 2
-            photo = cv2.resize(photo[top:top + crop_height, left:left + crop_width], (width, height),
-                               interpolation=cv2.INTER_AREA)
-        return photo.astype(np.float32) / np.float32(255)
+        """A scikit-image photo (:data:`SAMPLE_PHOTOS`) as this model's input (see :func:`sample_photo`)."""
+        return sample_photo(name, self.channels, self.input_size)
 
     @torch.no_grad()
     def __call__(self, images: Sequence[ImageInput]) -> List[dict]:
@@ -105,6 +90,31 @@ class ImageClassificationInferencer:
         figure.tight_layout()
         return save_atomically(out_file, lambda path: figure.savefig(path, dpi=100, format='png'),
                                on_done=lambda: plt.close(figure))
+
+
+def sample_photo(name: str, channels: int = 3, size: Optional[Sequence[int]] = None) -> np.ndarray:
+    """A real scikit-image photo (:data:`SAMPLE_PHOTOS`): float32 in [0, 1] with ``channels`` (grey for one),
+    fitted to ``size`` (height, width) with :func:`fit_to_size` (``None``: full size)."""
+    if name not in SAMPLE_PHOTOS:
+        raise ValueError(f'unknown photo {name!r}; choose one of {", ".join(SAMPLE_PHOTOS)}')
+    import skimage.data
+
+    photo = getattr(skimage.data, name)()
+    if channels == 1:
+        photo = cv2.cvtColor(photo, cv2.COLOR_RGB2GRAY)
+    if size is not None:
+        photo = fit_to_size(photo, size)
+    return photo.astype(np.float32) / np.float32(255)
+
+
+def fit_to_size(image: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """Centre-crop ``image`` to the aspect of ``size`` (height, width), then area-resize it to ``size``."""
+    height, width = size
+    crop_height = min(image.shape[0], round(image.shape[1] * height / width))
+    crop_width = min(image.shape[1], round(image.shape[0] * width / height))
+    top, left = (image.shape[0] - crop_height) // 2, (image.shape[1] - crop_width) // 2
+    return cv2.resize(image[top:top + crop_height, left:left + crop_width], (width, height),
+                      interpolation=cv2.INTER_AREA)
 
 
 def write_json_atomically(out_file: Union[str, Path], payload) -> Path:

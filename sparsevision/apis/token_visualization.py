@@ -118,7 +118,6 @@ def counted(count: int, noun: str) -> str:
     return f'{count} {noun if count == 1 else plural}'
 
 
-
 def draw_token_routing(routing: TokenRouting, prediction: dict, title: Optional[str] = None) -> Figure:
     """One row of panels: the input, then each stage's kept (plain), dropped (dark, hatched) and merged
     (one colour and outline per token) patches, under the prediction."""

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from sparsevision.models.backbones import ResNet, TimmBackbone
 from sparsevision.models.classifiers import ImageClassifier
-from sparsevision.models.masked_pretraining import (FCMAE, MaskPyramid, SparK, check_maskable, encode_masked,
+from sparsevision.models.masked_pretraining import (MaskPyramid, SparK, check_maskable, encode_masked,
                                                     masked_patch_loss, patchify, random_patch_mask, unpatchify)
 from sparsevision.registry import MODELS
 
@@ -19,6 +19,9 @@ def _backbones():
         'timm_resnet18': lambda: TimmBackbone('resnet18', out_indices=(1, 2, 3, 4)),
         'timm_convnextv2': lambda: TimmBackbone('convnextv2_atto', drop_path_rate=0.0),
         'timm_convnext': lambda: TimmBackbone('convnext_atto'),
+        'timm_seresnet18': lambda: TimmBackbone('seresnet18'),             # per-sample squeeze-excitation gates
+        'timm_resnet18d': lambda: TimmBackbone('resnet18d'),               # average-pooled shortcut (ceil_mode)
+        'timm_mobilenetv3': lambda: TimmBackbone('mobilenetv3_small_050'),  # depthwise, hard-sigmoid gates
     }
 
 
@@ -38,7 +41,7 @@ def _outputs_and_gradients(backbone, images, visible, sparse):
     dense = [feature_map.to_dense() for feature_map in maps]
     weights = [torch.linspace(-1, 1, d.numel(), dtype=d.dtype).reshape(d.shape) for d in dense]
     sum((d * w).sum() for d, w in zip(dense, weights)).backward()
-    return [d.detach() for d in dense], [p.grad.clone() for p in backbone.parameters()]
+    return [d.detach() for d in dense], [p.grad for p in backbone.parameters() if p.grad is not None]
 
 
 def _masks(batch, grid):
@@ -264,6 +267,11 @@ class _WithGroupNorm(nn.Module):
         return self.norm(self.conv(x))
 
 
+class _WithFlip(nn.Module):
+    def forward(self, x):
+        return x.flip(3)
+
+
 class _WithInterpolate(nn.Module):
     def __init__(self):
         super().__init__()
@@ -284,6 +292,8 @@ def test_unknown_layers_and_functions_are_named_never_run_densely():
     check_maskable(module)
     with pytest.raises(TypeError, match='interpolate has no masked version'):
         encode_masked(module, torch.rand(1, 3, 8, 8), torch.ones(1, 2, 2, dtype=torch.bool))
+    with pytest.raises(TypeError, match='flip has no masked version'):
+        encode_masked(_WithFlip(), torch.rand(1, 3, 8, 8), torch.ones(1, 2, 2, dtype=torch.bool))
 
 
 def test_spatially_varying_tensors_cannot_be_mixed_with_masked_maps():

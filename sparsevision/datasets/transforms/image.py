@@ -71,3 +71,47 @@ class RandomAffine:
         results['img'] = cv2.warpAffine(image, matrix, (width, height), flags=cv2.INTER_LINEAR,
                                         borderMode=cv2.BORDER_CONSTANT, borderValue=0)
         return results
+
+
+@TRANSFORMS.register_module()
+class RandomResizedCrop:
+    """A random crop of random area and aspect ratio, resized to ``size`` (Inception-style; numpy's global RNG).
+
+    Args:
+        size: output size (an int for a square, or ``(height, width)``).
+        scale: ``(low, high)`` share of the image area the crop covers.
+        ratio: ``(low, high)`` crop aspect ratios (width / height), drawn log-uniformly.
+    """
+
+    def __init__(self, size: Union[int, Tuple[int, int]], scale: Sequence[float] = (0.08, 1.0),
+                 ratio: Sequence[float] = (3 / 4, 4 / 3)):
+        if not 0 < scale[0] <= scale[1] <= 1:
+            raise ValueError(f'scale must be (low, high) with 0 < low <= high <= 1, got {scale}')
+        self.size = (size, size) if isinstance(size, int) else tuple(size)
+        self.scale, self.log_ratio = tuple(scale), (np.log(ratio[0]), np.log(ratio[1]))
+
+    def __call__(self, results: dict) -> dict:
+        image = results['img']
+        height, width = image.shape[:2]
+        area = np.random.uniform(*self.scale) * height * width
+        aspect = np.exp(np.random.uniform(*self.log_ratio))
+        crop_width = int(np.clip(round(np.sqrt(area * aspect)), 1, width))
+        crop_height = int(np.clip(round(np.sqrt(area / aspect)), 1, height))
+        top = np.random.randint(0, height - crop_height + 1)
+        left = np.random.randint(0, width - crop_width + 1)
+        crop = image[top:top + crop_height, left:left + crop_width]
+        results['img'] = cv2.resize(crop, self.size[::-1], interpolation=cv2.INTER_AREA)
+        return results
+
+
+@TRANSFORMS.register_module()
+class RandomHorizontalFlip:
+    """Mirror the image left-right with probability ``prob`` (numpy's global RNG)."""
+
+    def __init__(self, prob: float = 0.5):
+        self.prob = prob
+
+    def __call__(self, results: dict) -> dict:
+        if np.random.rand() < self.prob:
+            results['img'] = np.ascontiguousarray(results['img'][:, ::-1])
+        return results

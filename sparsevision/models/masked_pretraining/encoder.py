@@ -12,12 +12,13 @@ from .sparse_site_map import SparseSiteMap
 
 def _known_layer_types() -> tuple:
     from timm.layers import DropPath, LayerNorm, LayerNorm2d
-    from timm.layers.activations import GELU as TimmGELU
+    from timm.layers import activations as timm_activations
     from timm.layers.grn import GlobalResponseNorm
 
     return (nn.Conv2d, nn.BatchNorm2d, nn.SyncBatchNorm, nn.LayerNorm, LayerNorm, LayerNorm2d, nn.Linear, nn.ReLU,
             nn.ReLU6, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.LeakyReLU, nn.Identity, nn.Dropout,
-            nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, DropPath, GlobalResponseNorm, TimmGELU)
+            nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Hardsigmoid, DropPath, GlobalResponseNorm,
+            timm_activations.GELU, timm_activations.Sigmoid, timm_activations.Tanh, timm_activations.HardSigmoid)
 
 
 def check_maskable(backbone: nn.Module) -> None:

@@ -36,13 +36,15 @@ _register('adaptive_avg_pool2d', F.adaptive_avg_pool2d)
 _register('reduce', torch.mean, torch.sum, torch.norm, torch.Tensor.mean, torch.Tensor.sum, torch.Tensor.norm)
 # zero at a masked site stays zero: a dense emulation needs no re-masking after these
 ZERO_PRESERVING = {F.relu, torch.relu, torch.relu_, F.relu_, F.relu6, F.hardtanh, F.gelu, F.silu, F.hardswish,
-                   F.leaky_relu, F.dropout, torch.tanh, torch.Tensor.mul, torch.mul, torch.Tensor.__mul__,
-                   torch.Tensor.__rmul__, torch.Tensor.__imul__, torch.Tensor.mul_}
+                   F.leaky_relu, F.dropout, torch.tanh, torch.Tensor.relu, torch.Tensor.relu_, torch.Tensor.tanh,
+                   torch.Tensor.mul, torch.mul, torch.Tensor.__mul__, torch.Tensor.__rmul__, torch.Tensor.__imul__,
+                   torch.Tensor.mul_}
 # sums of maps stay zero at masked sites; with any other tensor they need re-masking
 SUMS = {torch.add, torch.sub, torch.Tensor.add, torch.Tensor.sub, torch.Tensor.__add__, torch.Tensor.__radd__,
         torch.Tensor.__iadd__, torch.Tensor.__sub__, torch.Tensor.__rsub__, torch.Tensor.add_}
-_register('_elementwise', *ZERO_PRESERVING, *SUMS, torch.sigmoid, F.sigmoid, torch.div, torch.Tensor.div,
-          torch.Tensor.__truediv__, torch.addcmul, torch.where, F.elu, F.mish)
+_register('_elementwise', *ZERO_PRESERVING, *SUMS, torch.sigmoid, F.sigmoid, torch.Tensor.sigmoid,
+          torch.Tensor.sigmoid_, F.hardsigmoid, torch.div, torch.Tensor.div, torch.Tensor.__truediv__, torch.addcmul,
+          torch.where, F.elu, F.mish)
 
 
 def parse_arguments(args: Sequence, kwargs: dict, names_and_defaults: Sequence[Tuple[str, object]]) -> list:
@@ -76,7 +78,8 @@ def window_geometry(size: Tuple[int, int], kernel_size, stride, padding, dilatio
         padding = tuple(k // 2 * d for k, d in zip(kernel, dilation))
     else:
         padding = pair(padding, 'padding')
-    out = tuple((n + 2 * p - d * (k - 1) - 1) // s + 1 for n, k, s, p, d in zip(size, kernel, stride, padding, dilation))
+    out = tuple((n + 2 * p - d * (k - 1) - 1) // s + 1
+                for n, k, s, p, d in zip(size, kernel, stride, padding, dilation))
     return kernel, stride, padding, dilation, out
 
 
@@ -129,6 +132,13 @@ class MaskedFeatureMap:
 
     def new_zeros(self, *shape, **kwargs) -> torch.Tensor:
         return self.payload.new_zeros(*shape, **kwargs)
+
+    def __getattr__(self, name: str):
+        """Other tensor methods go through ``__torch_function__``: a masked version, or a TypeError naming them."""
+        method = getattr(torch.Tensor, name, None)
+        if name.startswith('_') or not callable(method):
+            raise AttributeError(f'{type(self).__name__} has no attribute {name!r}')
+        return lambda *args, **kwargs: type(self).__torch_function__(method, (), (self, *args), kwargs)
 
     def contiguous(self, memory_format=None) -> 'MaskedFeatureMap':
         return self
@@ -289,3 +299,26 @@ def check_batch_norm_rows(rows: int, training: bool) -> None:
         raise ValueError('batch norm in training needs more than one visible site per channel, got 1: use a larger '
                          'batch, a lower mask ratio, or put the batch norm layers in eval mode')
 
+
+def pool_geometry(feature_map: MaskedFeatureMap, mode: str, args, kwargs):
+    """Kernel, stride, padding, dilation and output size of ``F.max_pool2d`` / ``F.avg_pool2d`` on a masked map.
+
+    Averages are over the visible sites of each window (padding never counts).
+    ``ceil_mode`` is accepted where it gives the floor-mode size.
+    """
+    if mode == 'max':
+        _, kernel, stride, padding, dilation, ceil_mode, return_indices = parse_arguments(args, dict(kwargs),
+                                                                                          MAX_POOL_ARGUMENTS)
+        unsupported = return_indices
+    else:
+        _, kernel, stride, padding, ceil_mode, _, divisor = parse_arguments(args, dict(kwargs), AVG_POOL_ARGUMENTS)
+        dilation, unsupported = 1, divisor is not None
+    require_layout(feature_map, False, f'{mode}_pool2d')
+    kernel, stride, padding, dilation, out_size = window_geometry(feature_map.size_hw, kernel, stride, padding,
+                                                                  dilation)
+    ceil_size = tuple(-(-(n + 2 * p - d * (k - 1) - 1) // s) + 1
+                      for n, k, s, p, d in zip(feature_map.size_hw, kernel, stride, padding, dilation))
+    if unsupported or (ceil_mode and ceil_size != out_size):
+        raise TypeError(f'{mode} pooling on a masked map supports neither return_indices, a divisor override nor a '
+                        'ceil_mode that changes the output size')
+    return kernel, stride, padding, dilation, out_size

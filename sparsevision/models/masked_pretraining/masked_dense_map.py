@@ -5,9 +5,9 @@ from torch.utils._pytree import tree_flatten
 
 from ...sparse.norm import row_batch_norm
 
-from .feature_maps import (AVG_POOL_ARGUMENTS, BATCH_NORM_ARGUMENTS, CONV2D_ARGUMENTS, LAYER_NORM_ARGUMENTS,
-                           LINEAR_ARGUMENTS, MAX_POOL_ARGUMENTS, SUMS, ZERO_PRESERVING, MaskedFeatureMap,
-                           check_batch_norm_rows, parse_arguments, require_layout)
+from .feature_maps import (BATCH_NORM_ARGUMENTS, CONV2D_ARGUMENTS, LAYER_NORM_ARGUMENTS, LINEAR_ARGUMENTS, SUMS,
+                           ZERO_PRESERVING, MaskedFeatureMap, check_batch_norm_rows, parse_arguments, pool_geometry,
+                           require_layout)
 from .masking import MaskPyramid
 
 
@@ -89,20 +89,13 @@ class MaskedDenseMap(MaskedFeatureMap):
         return self._masked(dense) if bias is not None else MaskedDenseMap(dense, self.pyramid, True)
 
     def max_pool2d(self, function, args, kwargs) -> 'MaskedDenseMap':
-        _, kernel, stride, padding, dilation, ceil_mode, return_indices = parse_arguments(args, dict(kwargs),
-                                                                                          MAX_POOL_ARGUMENTS)
-        require_layout(self, False, 'max_pool2d')
-        if ceil_mode or return_indices:
-            raise TypeError('max pooling on a masked map supports neither ceil_mode nor return_indices')
+        kernel, stride, padding, dilation, out_size = pool_geometry(self, 'max', args, kwargs)
         hidden = self.dense.masked_fill(~self._site_mask(), float('-inf'))
         pooled = F.max_pool2d(hidden, kernel, stride, padding, dilation)
-        return MaskedDenseMap(torch.where(self._site_mask(pooled.shape[2:]), pooled, 0.0), self.pyramid)
+        return MaskedDenseMap(torch.where(self._site_mask(out_size), pooled, 0.0), self.pyramid)
 
     def avg_pool2d(self, function, args, kwargs) -> 'MaskedDenseMap':
-        _, kernel, stride, padding, ceil_mode, _, divisor = parse_arguments(args, dict(kwargs), AVG_POOL_ARGUMENTS)
-        require_layout(self, False, 'avg_pool2d')
-        if ceil_mode or divisor is not None:
-            raise TypeError('average pooling on a masked map supports neither ceil_mode nor a divisor override')
+        kernel, stride, padding, _, _ = pool_geometry(self, 'avg', args, kwargs)
         sums = F.avg_pool2d(self.dense, kernel, stride, padding, count_include_pad=True)
         visible = F.avg_pool2d(self._site_mask().to(self.dense.dtype), kernel, stride, padding,
                                count_include_pad=True)

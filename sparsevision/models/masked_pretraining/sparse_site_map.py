@@ -7,9 +7,9 @@ import torch.nn.functional as F
 from ... import ops
 from ...sparse.norm import row_batch_norm
 from ...sparse.pool import pool_features
-from .feature_maps import (AVG_POOL_ARGUMENTS, BATCH_NORM_ARGUMENTS, CONV2D_ARGUMENTS, LAYER_NORM_ARGUMENTS,
-                           LINEAR_ARGUMENTS, MAX_POOL_ARGUMENTS, MaskedFeatureMap, check_batch_norm_rows,
-                           parse_arguments, require_layout, window_geometry)
+from .feature_maps import (BATCH_NORM_ARGUMENTS, CONV2D_ARGUMENTS, LAYER_NORM_ARGUMENTS, LINEAR_ARGUMENTS,
+                           MaskedFeatureMap, check_batch_norm_rows, parse_arguments, pool_geometry, require_layout,
+                           window_geometry)
 from .masking import MaskPyramid
 
 
@@ -82,20 +82,13 @@ class SparseSiteMap(MaskedFeatureMap):
         return self._with(F.linear(self.features, weight, bias))
 
     def max_pool2d(self, function, args, kwargs) -> 'SparseSiteMap':
-        _, kernel, stride, padding, dilation, ceil_mode, return_indices = parse_arguments(args, dict(kwargs),
-                                                                                          MAX_POOL_ARGUMENTS)
-        return self._pool('max', kernel, stride, padding, dilation, ceil_mode or return_indices)
+        return self._pool('max', args, kwargs)
 
     def avg_pool2d(self, function, args, kwargs) -> 'SparseSiteMap':
-        _, kernel, stride, padding, ceil_mode, _, divisor = parse_arguments(args, dict(kwargs), AVG_POOL_ARGUMENTS)
-        return self._pool('avg', kernel, stride, padding, 1, ceil_mode or divisor is not None)
+        return self._pool('avg', args, kwargs)
 
-    def _pool(self, mode, kernel, stride, padding, dilation, unsupported) -> 'SparseSiteMap':
-        require_layout(self, False, f'{mode}_pool2d')
-        if unsupported:
-            raise TypeError(f'{mode} pooling on a masked map supports neither ceil_mode, return_indices nor a '
-                            'divisor override')
-        kernel, stride, padding, dilation, out_size = window_geometry(self.size_hw, kernel, stride, padding, dilation)
+    def _pool(self, mode, args, kwargs) -> 'SparseSiteMap':
+        kernel, stride, padding, dilation, out_size = pool_geometry(self, mode, args, kwargs)
         neighbors, _ = self.pyramid.kernel_map(self.size_hw, out_size, kernel, stride, padding, dilation)
         return self._with(pool_features(self.features, neighbors, mode), out_size)
 
