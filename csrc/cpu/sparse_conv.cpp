@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "../sparse_conv.h"
+#include "vectors.h"
 
 namespace sparsevision {
 namespace {
@@ -33,12 +34,6 @@ namespace {
 constexpr int64_t kRowBlock = 32;
 constexpr int kRowsAtOnce = 4;
 constexpr int64_t kChannelBlock = 16;
-
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define SV_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define SV_VECTOR_CLONES
-#endif
 
 struct ConvShape {
   int64_t outputs, taps, in_channels, out_channels, groups, in_per_group, out_per_group;
@@ -125,30 +120,6 @@ SV_VECTOR_CLONES void convolve_range(const scalar_t* features, const acc_t* weig
     convolve_block<scalar_t, acc_t>(features, weight, neighbors, out, *shape, first,
                                     std::min(shape->outputs, first + kRowBlock), acc.data(), converted.data());
   }
-}
-
-// 64-byte vectors (GCC/Clang vector extensions): each target clone lowers them to its own instructions.
-// (Declared per type: GCC drops vector_size on a dependent alias template.)
-template <typename T>
-struct VectorOf;
-template <>
-struct VectorOf<float> {
-  typedef float type __attribute__((vector_size(64)));
-};
-template <>
-struct VectorOf<double> {
-  typedef double type __attribute__((vector_size(64)));
-};
-template <typename T>
-using Vector = typename VectorOf<T>::type;
-template <typename T>
-constexpr int kLanes = 64 / sizeof(T);
-
-template <typename T>
-inline __attribute__((always_inline)) Vector<T> load_vector(const T* source) {
-  Vector<T> value;
-  std::memcpy(&value, source, sizeof(value));
-  return value;
 }
 
 // acc[c] += sum_i x[i] * w[i * stride + c * lanes ...] for one row; the other helper does two rows that share
@@ -242,14 +213,6 @@ ConvShape conv_shape(const at::Tensor& features, const at::Tensor& weight, const
                      int64_t groups) {
   return ConvShape{neighbors.size(0), neighbors.size(1), features.size(1), weight.size(2), groups,
                    weight.size(1), weight.size(2) / groups};
-}
-
-void check_neighbor_range(const at::Tensor& neighbors, int64_t rows, const char* op) {
-  const int32_t* data = neighbors.data_ptr<int32_t>();
-  const int64_t count = neighbors.numel();
-  bool valid = true;
-  for (int64_t i = 0; i < count; ++i) valid &= data[i] >= -1 && data[i] < rows;
-  TORCH_CHECK_VALUE(valid, op, ": kernel map entries must be -1 or rows of features (< ", rows, ")");
 }
 
 at::Tensor sparse_conv_cpu(const at::Tensor& features_in, const at::Tensor& weight_in,

@@ -8,6 +8,7 @@ from .kernel_map import (build_kernel_map, check_indices, downsample_indices, in
                          submanifold_kernel_map)
 from .library import EXTENSION, ExtensionInfo
 from .sparse_conv import sparse_conv, transpose_weight
+from .spike_conv import spike_sparse_conv
 from .token_routing import gather_tokens, merge_tokens, scatter_tokens, select_tokens, unmerge_tokens
 
 
@@ -18,4 +19,4 @@ def extension_info() -> ExtensionInfo:
 
 __all__ = ['ExtensionInfo', 'build_kernel_map', 'check_indices', 'downsample_indices', 'extension_info',
            'gather_tokens', 'invert_kernel_map', 'merge_tokens', 'scatter_tokens', 'select_tokens', 'sparse_conv',
-           'submanifold_kernel_map', 'transpose_weight', 'unmerge_tokens']
+           'spike_sparse_conv', 'submanifold_kernel_map', 'transpose_weight', 'unmerge_tokens']

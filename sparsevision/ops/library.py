@@ -31,6 +31,8 @@ SCHEMAS = {
                     'int groups) -> Tensor'),
     'sparse_conv_weight_grad': ('sparse_conv_weight_grad(Tensor features, Tensor grad_output, Tensor neighbors, '
                                 'Tensor inverse_neighbors, int groups) -> Tensor'),
+    'spike_sparse_conv': ('spike_sparse_conv(Tensor spikes, Tensor weight, Tensor neighbors, '
+                          'Tensor inverse_neighbors) -> Tensor'),
 }
 BUILD_HINT = ('build it with `make build` (or `pip install --no-build-isolation -e .` from the repository root; '
               'set CUDA_HOME for CUDA kernels)')

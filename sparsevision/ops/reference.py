@@ -149,6 +149,16 @@ def sparse_conv(features: torch.Tensor, weight: torch.Tensor, neighbors: torch.T
     return out.to(features.dtype)
 
 
+def spike_sparse_conv(spikes: torch.Tensor, weight: torch.Tensor, neighbors: torch.Tensor,
+                      inverse_neighbors: torch.Tensor) -> torch.Tensor:
+    """The event-driven spike convolution's result: :func:`sparse_conv` of the spikes with one group.
+
+    The native kernel adds only the weight rows of non-zero spikes; skipping zeros
+    changes no sum, so this dense-site definition is its oracle.
+    """
+    return sparse_conv(spikes, weight, neighbors, inverse_neighbors, 1)
+
+
 def sparse_conv_weight_grad(features: torch.Tensor, grad_output: torch.Tensor, neighbors: torch.Tensor,
                             inverse_neighbors: torch.Tensor, groups: int) -> torch.Tensor:
     """Gradient of :func:`sparse_conv` with respect to ``weight``: ``[K, C_in / groups, C_out]``.

@@ -9,7 +9,7 @@ from .. import ops
 from ..ops.coordinates import IntOrSequence, expand_argument
 from .kernel_maps import convolution_map, inverse_convolution_map
 from .modules import SparseModule
-from .tensor import SparseTensor
+from .tensor import KernelMap, SparseTensor
 
 
 class SparseConvolution(SparseModule):
@@ -78,12 +78,15 @@ class SparseConvolution(SparseModule):
                                          self.indice_key)
         taps = math.prod(self.kernel_size)
         weight = self.weight.reshape(self.out_channels, taps, -1).permute(1, 2, 0).to(x.features.dtype)
-        features = ops.sparse_conv(x.features, weight.contiguous(), kernel_map.neighbors, kernel_map.inverse,
-                                   self.groups)
+        features = self.convolve(x.features, weight.contiguous(), kernel_map)
         if self.bias is not None:
             features = features + self.bias.to(features.dtype)
         return SparseTensor._derived(features, kernel_map.out_indices, kernel_map.out_spatial_shape, x.batch_size,
                                      x.indice_dict, kernel_map.out_maps)
+
+    def convolve(self, features: torch.Tensor, weight: torch.Tensor, kernel_map: KernelMap) -> torch.Tensor:
+        """``[M, out]`` features from ``[N, in]`` through the map, weight ``[taps, in / groups, out]``."""
+        return ops.sparse_conv(features, weight, kernel_map.neighbors, kernel_map.inverse, self.groups)
 
     def extra_repr(self) -> str:
         kind = 'subm' if self.subm else 'inverse' if self.inverse else f'stride={self.stride}, padding={self.padding}'

@@ -70,12 +70,12 @@ from sparsevision.datasets.mesh_sampling import sample_surface
 from sparsevision.sparse import kernel_maps as our_kernel_maps
 
 import protocol  # noqa: E402  (tools/benchmark/protocol.py, beside this script)
+from scenes import Sites, street_scene, voxelise  # noqa: E402  (tools/benchmark/scenes.py)
 
 MESH_FOLDER = Path(__file__).resolve().parents[3] / 'shared' / 'data' / 'meshes'   # beside the checkout, as in tests
 MESH_FILES = ['bunny10k.obj', 'airplane.obj']
 MESH_RESOLUTION = 200             # voxels along a mesh's longest side
 MESH_SAMPLES = 2_000_000          # surface samples per mesh (over 15 per occupied voxel: no holes)
-VOXEL_SIZE_M = 0.1
 SUBMANIFOLD_CHANNELS = [16, 32, 64, 128]
 HEADLINE_CHANNELS = 64
 STRIDED_CHANNELS = (32, 64)
@@ -137,80 +137,8 @@ def count_map_builds(call: Callable[[], object]) -> tuple:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Inputs: a ray-cast street scene and voxelised real meshes.
+# Inputs: voxelised real meshes (the ray-cast street scene is in scenes.py).
 # ----------------------------------------------------------------------------------------------------------------
-
-@dataclass
-class Sites:
-    """One batch sample of occupied voxels: ``indices [N, 4]`` int32 (batch 0, z, y, x) and the grid (z, y, x)."""
-
-    label: str
-    indices: torch.Tensor
-    spatial_shape: List[int]
-
-
-def voxelise(points: np.ndarray, voxel_size: float, label: str) -> Sites:
-    """Occupied ``voxel_size`` cells of ``[P, 3]`` (x, y, z) points, sorted by (z, y, x)."""
-    cells = np.floor((points - points.min(axis=0)) / voxel_size).astype(np.int64)
-    extent = cells.max(axis=0) + 1
-    keys = np.unique((cells[:, 2] * extent[1] + cells[:, 1]) * extent[0] + cells[:, 0])
-    x, y, z = keys % extent[0], keys // extent[0] % extent[1], keys // (extent[0] * extent[1])
-    indices = np.stack([np.zeros_like(keys), z, y, x], axis=1).astype(np.int32)
-    return Sites(f'{label} {len(keys) / 1000:.0f}k sites', torch.from_numpy(indices),
-                 [int(extent[2]), int(extent[1]), int(extent[0])])
-
-
-def street_meshes(rng: np.random.Generator):
-    """Ground, buildings on both sides of a 24 m street, parked and driving cars, and poles (open3d meshes)."""
-    import open3d
-
-    def box(center, size, yaw=0.0):
-        mesh = open3d.geometry.TriangleMesh.create_box(*size)
-        mesh.translate(-np.asarray(size) / 2)
-        mesh.rotate(open3d.geometry.get_rotation_matrix_from_xyz((0.0, 0.0, yaw)), center=(0.0, 0.0, 0.0))
-        return mesh.translate(center)
-
-    def pole(x, y, radius, height):
-        return open3d.geometry.TriangleMesh.create_cylinder(radius, height, resolution=16).translate((x, y, height / 2))
-
-    meshes = [box((0.0, 0.0, -0.05), (160.0, 160.0, 0.1))]
-    for side in (-1, 1):
-        x = -70.0
-        while x < 70.0:
-            length, depth, height = rng.uniform(8, 20), rng.uniform(8, 15), rng.uniform(6, 20)
-            meshes.append(box((x + length / 2, side * (12 + depth / 2), height / 2), (length, depth, height)))
-            x += length + rng.uniform(2, 6)
-    for _ in range(40):
-        along, lane = rng.uniform(-60, 60), rng.choice([-1, 1]) * rng.choice([2.0, 5.0, 8.5])
-        if abs(along) > 8 or abs(lane) > 3:   # keep the sensor's own lane clear
-            meshes.append(box((along, lane, 0.8), (4.5, 1.9, 1.6), rng.normal(0, 0.05)))
-    for x in np.arange(-60.0, 61.0, 12.0):
-        for side in (-1, 1):
-            meshes.append(pole(x + rng.uniform(-1, 1), side * 10.5, 0.15, 7.0))
-    return meshes
-
-
-def street_scene(seed: int = 0, beams: int = 64, azimuths: int = 2048, sensor_x=(-6, -3, 0, 3, 6),
-                 max_range_m: float = 75.0) -> Sites:
-    """A LiDAR-like scan: rays from a sensor 1.8 m up (elevation -25..+3 deg) at several stops along the street."""
-    import open3d
-
-    scene = open3d.t.geometry.RaycastingScene()
-    for mesh in street_meshes(np.random.default_rng(seed)):
-        scene.add_triangles(open3d.t.geometry.TriangleMesh.from_legacy(mesh))
-    elevation, azimuth = np.meshgrid(np.deg2rad(np.linspace(-25, 3, beams)),
-                                     np.linspace(-np.pi, np.pi, azimuths, endpoint=False), indexing='ij')
-    directions = np.stack([np.cos(elevation) * np.cos(azimuth), np.cos(elevation) * np.sin(azimuth),
-                           np.sin(elevation)], axis=-1).reshape(-1, 3)
-    points = []
-    for x in sensor_x:
-        origins = np.broadcast_to(np.array([x, 0.0, 1.8]), directions.shape)
-        rays = open3d.core.Tensor(np.concatenate([origins, directions], axis=1).astype(np.float32))
-        distance = scene.cast_rays(rays)['t_hit'].numpy().astype(np.float64)
-        hit = np.isfinite(distance) & (distance < max_range_m)
-        points.append(origins[hit] + directions[hit] * distance[hit, None])
-    return voxelise(np.concatenate(points), VOXEL_SIZE_M, f'street scan ({len(sensor_x)} sweeps, 0.1 m)')
-
 
 def mesh_sites(path: Path, resolution: int = MESH_RESOLUTION, samples: int = MESH_SAMPLES) -> Sites:
     """Area-weighted random surface samples (seed 0) of a mesh, voxelised so its longest side spans ``resolution``."""
@@ -451,7 +379,6 @@ def timed_call(function, device: str):
     result = function()
     protocol.synchronize(device)
     return result, time.perf_counter() - start
-
 
 
 def compare(ours: tuple, oracle: tuple):

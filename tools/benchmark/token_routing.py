@@ -188,7 +188,6 @@ def all_cases(quick, device):
             + [make_select_case(batch, device) for batch in batches])
 
 
-
 def calls_per_repetition(function, device, target_s):
     """How many back-to-back calls fill about ``target_s`` (also the warm-up)."""
     calls, start = 0, time.perf_counter()
@@ -198,7 +197,6 @@ def calls_per_repetition(function, device, target_s):
     protocol.synchronize(device)
     per_call = (time.perf_counter() - start) / calls
     return max(1, round(target_s / per_call))
-
 
 
 def max_abs_diff(ours, peer):
@@ -228,7 +226,6 @@ def run_case(case, threads, rounds, target_s, device):
         'max_abs_diff': diff,
         'gbps_ours': case.bytes_moved / ours_ms / 1e6,
     }
-
 
 
 def print_table(rows):

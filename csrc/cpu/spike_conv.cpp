@@ -1,0 +1,298 @@
+// CPU kernel of sparsevision::spike_sparse_conv: a sparse convolution whose work scales with the non-zero input
+// spikes, not with the occupied sites.
+//
+// out[m, o] = sum over taps k (in order), then input channels i (in order) with spikes[n, i] != 0, n = neighbors[m, k],
+//   of spikes[n, i] * weight[k, i, o].
+// Adding a zero leaves a partial sum unchanged, and the order is sparse_conv's, so with finite weights the result
+// equals sparse_conv(spikes, weight, neighbors, inverse, 1) bit for bit (binary spikes add weight rows exactly as
+// 1 * w does).
+//
+// 1. Each input site's non-zero channels are listed once (CSR of weight-row offsets i * out_channels, plus values
+//    unless every spike is 1), in parallel; float32 rows are compressed with AVX-512 where the CPU has it.
+// 2. Output rows go in fixed pairs (2p, 2p + 1). A row's events are its present taps' site lists, copied with the
+//    tap's offset added (16 at a time), so they come in tap, then channel order. The two rows' lists are consumed in
+//    lockstep: two independent accumulator chains hide the add latency, with Chunk-wide accumulators in registers.
+//    Rows are paired by number, not by the thread split, so results are bitwise identical at any thread count.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#if defined(__GNUC__) && defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+#include "../sparse_conv.h"
+#include "vectors.h"
+
+namespace sparsevision {
+namespace {
+
+constexpr int64_t kRowBlock = 32;
+constexpr int64_t kSiteBlock = 1024;
+constexpr int64_t kSlack = 16;  // list entries that may be written past a list's end
+
+typedef int32_t OffsetVector __attribute__((vector_size(64)));  // 16 weight-row offsets
+
+struct SpikeShape {
+  int64_t outputs, taps, in_channels, out_channels;
+};
+
+// Writes the non-zero entries of one row: weight-row offsets i * out_channels and their values; clears *binary when
+// a non-zero entry is not 1. Returns the count.
+template <typename scalar_t>
+int64_t compress_row_portable(const scalar_t* row, int64_t channels, int64_t out_channels, int32_t* offsets,
+                              scalar_t* values, bool* binary) {
+  int64_t count = 0;
+  for (int64_t i = 0; i < channels; ++i) {
+    if (row[i] == scalar_t(0)) continue;
+    offsets[count] = static_cast<int32_t>(i * out_channels);
+    values[count++] = row[i];
+    *binary &= row[i] == scalar_t(1);
+  }
+  return count;
+}
+
+#if defined(__GNUC__) && defined(__x86_64__)
+// The same for a float32 row with AVX-512: 16 channels per compare and compress (may write kSlack entries past the
+// row's count).
+__attribute__((target("avx512f"))) int64_t compress_row_avx512(const float* row, int64_t channels,
+                                                                int64_t out_channels, int32_t* offsets, float* values,
+                                                                bool* binary) {
+  const __m512 zero = _mm512_setzero_ps(), one = _mm512_set1_ps(1.0f);
+  __m512i channel_offsets = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                               _mm512_set1_epi32(static_cast<int32_t>(out_channels)));
+  const __m512i step = _mm512_set1_epi32(static_cast<int32_t>(16 * out_channels));
+  int64_t count = 0;
+  __mmask16 not_one = 0;
+  for (int64_t i = 0; i < channels; i += 16) {
+    const __mmask16 valid = channels - i >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (channels - i)) - 1);
+    const __m512 spike = _mm512_maskz_loadu_ps(valid, row + i);
+    const __mmask16 fired = _mm512_mask_cmp_ps_mask(valid, spike, zero, _CMP_NEQ_UQ);
+    not_one |= fired & ~_mm512_cmp_ps_mask(spike, one, _CMP_EQ_OQ);
+    _mm512_storeu_si512(offsets + count, _mm512_maskz_compress_epi32(fired, channel_offsets));
+    _mm512_storeu_ps(values + count, _mm512_maskz_compress_ps(fired, spike));
+    channel_offsets = _mm512_add_epi32(channel_offsets, step);
+    count += __builtin_popcount(fired);
+  }
+  *binary &= not_one == 0;
+  return count;
+}
+#endif
+
+// The non-zero spikes of every input site, as weight-row offsets and values: site n's are row_offsets[n][0, counts[n])
+// (values likewise). One pass over the spikes: blocks of kSiteBlock sites are compressed into a scratch buffer, then
+// kept in a vector of their own (with kSlack entries of padding after it).
+template <typename scalar_t>
+struct SiteSpikes {
+  std::vector<const int32_t*> row_offsets;
+  std::vector<const scalar_t*> row_values;
+  std::vector<int32_t> counts;
+  std::vector<std::vector<int32_t>> block_offsets;
+  std::vector<std::vector<scalar_t>> block_values;
+  bool binary = true;  // every non-zero value is 1
+
+  SiteSpikes(const scalar_t* spikes, int64_t rows, int64_t channels, int64_t out_channels)
+      : row_offsets(rows), row_values(rows), counts(rows) {
+    const int64_t blocks = at::divup(rows, kSiteBlock);
+    block_offsets.resize(blocks);
+    block_values.resize(blocks);
+    std::vector<char> block_binary(std::max<int64_t>(blocks, 1), 1);
+    at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+      std::vector<int32_t> scratch_offsets(kSiteBlock * channels + kSlack);
+      std::vector<scalar_t> scratch_values(kSiteBlock * channels + kSlack);
+      for (int64_t block = begin; block < end; ++block) {
+        const int64_t first = block * kSiteBlock, last = std::min(rows, first + kSiteBlock);
+        bool block_ones = true;
+        int64_t cursor = 0;
+        for (int64_t n = first; n < last; ++n) {
+          counts[n] = static_cast<int32_t>(compress_row(spikes + n * channels, channels, out_channels,
+                                                        scratch_offsets.data() + cursor,
+                                                        scratch_values.data() + cursor, &block_ones));
+          cursor += counts[n];
+        }
+        std::vector<int32_t>& kept_offsets = block_offsets[block];
+        std::vector<scalar_t>& kept_values = block_values[block];
+        kept_offsets.assign(scratch_offsets.begin(), scratch_offsets.begin() + cursor);
+        kept_offsets.resize(cursor + kSlack, 0);
+        kept_values.assign(scratch_values.begin(), scratch_values.begin() + cursor);
+        kept_values.resize(cursor + kSlack, scalar_t(0));
+        for (int64_t n = first, start = 0; n < last; start += counts[n++]) {
+          row_offsets[n] = kept_offsets.data() + start;
+          row_values[n] = kept_values.data() + start;
+        }
+        block_binary[block] = block_ones;
+      }
+    });
+    binary = std::all_of(block_binary.begin(), block_binary.end(), [](char b) { return b != 0; });
+  }
+
+  // AVX-512 for float32 where the CPU has it, else portable.
+  static int64_t compress_row(const scalar_t* row, int64_t channels, int64_t out_channels, int32_t* row_offsets,
+                              scalar_t* row_values, bool* ones) {
+#if defined(__GNUC__) && defined(__x86_64__)
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      static const bool has_avx512 = __builtin_cpu_supports("avx512f");
+      if (has_avx512) return compress_row_avx512(row, channels, out_channels, row_offsets, row_values, ones);
+    }
+#endif
+    return compress_row_portable(row, channels, out_channels, row_offsets, row_values, ones);
+  }
+};
+
+// Row m's events in sum order: each present tap's site list with the tap's weight offset added; returns the count.
+template <bool Binary, typename scalar_t>
+inline __attribute__((always_inline)) int64_t list_events(const SiteSpikes<scalar_t>& sites,
+                                                          const int32_t* row_neighbors, const SpikeShape& shape,
+                                                          int32_t* offsets, scalar_t* values) {
+  int64_t count = 0;
+  for (int64_t k = 0; k < shape.taps; ++k) {
+    const int32_t n = row_neighbors[k];
+    if (n < 0) continue;
+    const int32_t tap_base = static_cast<int32_t>(k * shape.in_channels * shape.out_channels);
+    const int32_t* source = sites.row_offsets[n];
+    const int64_t length = sites.counts[n];
+    for (int64_t e = 0; e < length; e += 16) {
+      OffsetVector block;
+      std::memcpy(&block, source + e, sizeof(block));
+      block += tap_base;
+      std::memcpy(offsets + count + e, &block, sizeof(block));
+    }
+    if constexpr (!Binary) std::copy_n(sites.row_values[n], length, values + count);
+    count += length;
+  }
+  return count;
+}
+
+template <int Vectors, bool Binary, typename scalar_t>
+inline __attribute__((always_inline)) void add_event(const scalar_t* weight_row, scalar_t value,
+                                                     Vector<scalar_t>* acc) {
+  for (int c = 0; c < Vectors; ++c) {
+    if constexpr (Binary) {
+      acc[c] += load_vector(weight_row + c * kLanes<scalar_t>);
+    } else {
+      acc[c] += value * load_vector(weight_row + c * kLanes<scalar_t>);
+    }
+  }
+}
+
+// out_channels a multiple of Chunk: row pairs with Chunk-wide register accumulators.
+template <int Chunk, bool Binary, typename scalar_t>
+SV_VECTOR_CLONES void spike_rows_in_registers(const SiteSpikes<scalar_t>* sites, const scalar_t* weight,
+                                              const int32_t* neighbors, scalar_t* out, const SpikeShape* shape,
+                                              int64_t first_pair, int64_t last_pair) {
+  constexpr int kVectors = Chunk / kLanes<scalar_t>;
+  static_assert(Chunk % kLanes<scalar_t> == 0, "Chunk must be a whole number of vectors");
+  const int64_t capacity = shape->taps * shape->in_channels + kSlack, out_channels = shape->out_channels;
+  std::vector<int32_t> offsets(2 * capacity);
+  std::vector<scalar_t> values(Binary ? 0 : 2 * capacity);
+  const int32_t* offsets0 = offsets.data();
+  const int32_t* offsets1 = offsets.data() + capacity;
+  const scalar_t* values0 = values.data();
+  const scalar_t* values1 = Binary ? nullptr : values.data() + capacity;
+  for (int64_t pair = first_pair; pair < last_pair; ++pair) {
+    const int64_t m = 2 * pair;
+    const int rows = m + 1 < shape->outputs ? 2 : 1;
+    int64_t counts[2] = {0, 0};
+    for (int r = 0; r < rows; ++r) {
+      counts[r] = list_events<Binary>(*sites, neighbors + (m + r) * shape->taps, *shape,
+                                      offsets.data() + r * capacity, Binary ? nullptr : values.data() + r * capacity);
+    }
+    const int64_t common = std::min(counts[0], counts[1]);
+    for (int64_t o0 = 0; o0 < out_channels; o0 += Chunk) {
+      Vector<scalar_t> acc0[kVectors] = {}, acc1[kVectors] = {};
+      for (int64_t e = 0; e < common; ++e) {
+        add_event<kVectors, Binary>(weight + offsets0[e] + o0, Binary ? scalar_t(1) : values0[e], acc0);
+        add_event<kVectors, Binary>(weight + offsets1[e] + o0, Binary ? scalar_t(1) : values1[e], acc1);
+      }
+      for (int64_t e = common; e < counts[0]; ++e) {
+        add_event<kVectors, Binary>(weight + offsets0[e] + o0, Binary ? scalar_t(1) : values0[e], acc0);
+      }
+      for (int64_t e = common; e < counts[1]; ++e) {
+        add_event<kVectors, Binary>(weight + offsets1[e] + o0, Binary ? scalar_t(1) : values1[e], acc1);
+      }
+      for (int r = 0; r < rows; ++r) {
+        const Vector<scalar_t>* acc = r == 0 ? acc0 : acc1;
+        for (int c = 0; c < kVectors; ++c) {
+          std::memcpy(out + (m + r) * out_channels + o0 + c * kLanes<scalar_t>, &acc[c], sizeof(acc[c]));
+        }
+      }
+    }
+  }
+}
+
+// Any out_channels: one row at a time, accumulators in memory, the same order.
+template <bool Binary, typename scalar_t>
+SV_VECTOR_CLONES void spike_rows(const SiteSpikes<scalar_t>* sites, const scalar_t* weight, const int32_t* neighbors,
+                                 scalar_t* out, const SpikeShape* shape, int64_t begin, int64_t end) {
+  const int64_t capacity = shape->taps * shape->in_channels + kSlack, out_channels = shape->out_channels;
+  std::vector<int32_t> offsets(capacity);
+  std::vector<scalar_t> values(capacity, scalar_t(1));
+  for (int64_t m = begin; m < end; ++m) {
+    const int64_t count = list_events<Binary>(*sites, neighbors + m * shape->taps, *shape, offsets.data(),
+                                              values.data());
+    scalar_t* acc = out + m * out_channels;
+    std::fill(acc, acc + out_channels, scalar_t(0));
+    for (int64_t e = 0; e < count; ++e) {
+      const scalar_t* w = weight + offsets[e];
+      const scalar_t v = values[e];
+      for (int64_t o = 0; o < out_channels; ++o) acc[o] += v * w[o];
+    }
+  }
+}
+
+at::Tensor spike_sparse_conv_cpu(const at::Tensor& spikes_in, const at::Tensor& weight_in,
+                                 const at::Tensor& neighbors_in, const at::Tensor& inverse_neighbors) {
+  check_conv_arguments(spikes_in, weight_in, neighbors_in, 1);
+  TORCH_CHECK_VALUE(spikes_in.scalar_type() == at::kFloat || spikes_in.scalar_type() == at::kDouble,
+                    "spike_sparse_conv: spikes must be float32 or float64, got ", spikes_in.scalar_type());
+  const at::Tensor spikes = spikes_in.contiguous(), weight = weight_in.contiguous();
+  const at::Tensor neighbors = neighbors_in.contiguous();
+  check_neighbor_range(neighbors, spikes.size(0), "spike_sparse_conv");
+  const SpikeShape shape{neighbors.size(0), neighbors.size(1), spikes.size(1), weight.size(2)};
+  TORCH_CHECK_VALUE(shape.taps * shape.in_channels * shape.out_channels < (int64_t(1) << 31),
+                    "spike_sparse_conv: weight has 2^31 elements or more; use sparse_conv");
+  at::Tensor out = at::empty({shape.outputs, shape.out_channels}, spikes.options());
+  if (out.numel() == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES(spikes.scalar_type(), "spike_sparse_conv_cpu", [&] {
+    const SiteSpikes<scalar_t> sites(spikes.data_ptr<scalar_t>(), spikes.size(0), shape.in_channels,
+                                     shape.out_channels);
+    const scalar_t* w = weight.data_ptr<scalar_t>();
+    const int32_t* map = neighbors.data_ptr<int32_t>();
+    scalar_t* y = out.data_ptr<scalar_t>();
+    auto run = [&](auto binary) {
+      constexpr bool kBinary = decltype(binary)::value;
+      auto in_registers = [&](auto kernel) {
+        at::parallel_for(0, (shape.outputs + 1) / 2, kRowBlock / 2, [&](int64_t begin, int64_t end) {
+          kernel(&sites, w, map, y, &shape, begin, end);
+        });
+      };
+      if (shape.out_channels % 64 == 0) {
+        in_registers(spike_rows_in_registers<64, kBinary, scalar_t>);
+      } else if (shape.out_channels % 32 == 0) {
+        in_registers(spike_rows_in_registers<32, kBinary, scalar_t>);
+      } else if (shape.out_channels % 16 == 0) {
+        in_registers(spike_rows_in_registers<16, kBinary, scalar_t>);
+      } else {
+        at::parallel_for(0, shape.outputs, kRowBlock, [&](int64_t begin, int64_t end) {
+          spike_rows<kBinary, scalar_t>(&sites, w, map, y, &shape, begin, end);
+        });
+      }
+    };
+    if (sites.binary) {
+      run(std::true_type{});
+    } else {
+      run(std::false_type{});
+    }
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(sparsevision, CPU, m) { m.impl("spike_sparse_conv", &spike_sparse_conv_cpu); }
+
+}  // namespace sparsevision
