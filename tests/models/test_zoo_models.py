@@ -32,23 +32,39 @@ def test_every_registered_model_is_in_the_zoo():
     assert registered <= used, f'registered models with no zoo config: {sorted(registered - used)}'
 
 
+def _random_inputs(model, model_cfg, count: int) -> list:
+    """Per-sample inputs the model's data preprocessor takes: images, or voxelised point clouds."""
+    if model_cfg.data_preprocessor.type == 'SparseDataPreprocessor':
+        channels = model_cfg.backbone.in_channels
+        samples = []
+        for _ in range(count):
+            coordinates = torch.unique(torch.randint(0, 12, (300, 3), dtype=torch.int32), dim=0)
+            samples.append(dict(coordinates=coordinates, features=torch.rand(coordinates.shape[0], channels),
+                                spatial_shape=[12, 12, 12]))
+        return samples
+    if 'mean' not in model_cfg.data_preprocessor:   # event frames [T, polarity, H, W], used as given
+        return [torch.randint(0, 3, (4, model_cfg.backbone.in_channels, 34, 34)).float() for _ in range(count)]
+    channels = len(model_cfg.data_preprocessor.mean)
+    size = getattr(model, 'input_size', (32, 32))   # masked autoencoders are built for one input size
+    return [torch.rand(channels, *size) for _ in range(count)]
+
+
 @pytest.mark.parametrize('name', ZOO)
 def test_forward_backward(name):
     torch.manual_seed(0)
     model = sparsevision.create_model(name)
-    channels = len(load_config(name).model.data_preprocessor.mean)
-    size = getattr(model, 'input_size', (32, 32))   # masked autoencoders are built for one input size
     samples = [BaseDataElement(gt_label=torch.tensor(label)) for label in (1, 7)]
-    data = model.data_preprocessor(dict(inputs=[torch.rand(channels, *size) for _ in samples],
-                                        data_samples=samples), True)
+    raw = dict(inputs=_random_inputs(model, load_config(name).model, len(samples)), data_samples=samples)
+    data = model.data_preprocessor(raw, True)
     losses = model(**data, mode='loss')
     losses['loss'].backward()
     assert torch.isfinite(losses['loss'])
     without_grad = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert not without_grad, f'parameters without gradient: {without_grad[:5]}'
     model.eval()
-    predictions = model(**model.data_preprocessor(data, False), mode='predict')
+    predictions = model(**model.data_preprocessor(raw, False), mode='predict')
     if isinstance(predictions, torch.Tensor):   # a masked autoencoder reconstructs its input
         assert predictions.shape == data['inputs'].shape
     else:
-        assert [p.pred_score.shape for p in predictions] == [(10,), (10,)]
+        classes = load_config(name).model.head.num_classes
+        assert [p.pred_score.shape for p in predictions] == [(classes,), (classes,)]

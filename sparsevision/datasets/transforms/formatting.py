@@ -27,3 +27,25 @@ class PackClassificationInputs:
         if 'gt_label' in results:
             sample.gt_label = torch.as_tensor(results['gt_label'], dtype=torch.long)
         return dict(inputs=torch.from_numpy(np.ascontiguousarray(image)), data_samples=sample)
+
+
+@TRANSFORMS.register_module()
+class PackPointCloudInputs:
+    """``coordinates`` ``[N, D]`` int32 and ``features`` ``[N, C]`` float32 -> ``inputs`` (a dict of tensors with
+    ``spatial_shape``), label and meta -> ``data_samples``; collated into a SparseTensor by
+    :class:`~sparsevision.models.data_preprocessors.SparseDataPreprocessor`."""
+
+    def __init__(self, meta_keys=('sample_index',)):
+        self.meta_keys = tuple(meta_keys)
+
+    def __call__(self, results: dict) -> dict:
+        coordinates = torch.as_tensor(np.asarray(results['coordinates']), dtype=torch.int32)
+        features = torch.as_tensor(np.asarray(results['features']), dtype=torch.float32)
+        if coordinates.dim() != 2 or features.dim() != 2 or coordinates.shape[0] != features.shape[0]:
+            raise ValueError(f'a point-cloud sample needs coordinates [N, D] and features [N, C] with the same N, got '
+                             f'{tuple(coordinates.shape)} and {tuple(features.shape)}')
+        sample = BaseDataElement(metainfo={key: results[key] for key in self.meta_keys if key in results})
+        if 'gt_label' in results:
+            sample.gt_label = torch.as_tensor(results['gt_label'], dtype=torch.long)
+        return dict(inputs=dict(coordinates=coordinates, features=features,
+                                spatial_shape=list(results['spatial_shape'])), data_samples=sample)
