@@ -2,6 +2,9 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <atomic>
 
 namespace sparsevision {
 
@@ -34,13 +37,16 @@ inline void check_weight_grad_arguments(const at::Tensor& features, const at::Te
                     "sparse_conv_weight_grad: channels must divide into ", groups, " groups");
 }
 
-// A contiguous CPU int32 kernel map holds only -1 or rows of the input (< rows).
+// A contiguous CPU int32 kernel map holds only -1 or rows of the input (< rows); checked in parallel.
 inline void check_neighbor_range(const at::Tensor& neighbors, int64_t rows, const char* op) {
   const int32_t* data = neighbors.data_ptr<int32_t>();
-  const int64_t count = neighbors.numel();
-  bool valid = true;
-  for (int64_t i = 0; i < count; ++i) valid &= data[i] >= -1 && data[i] < rows;
-  TORCH_CHECK_VALUE(valid, op, ": kernel map entries must be -1 or rows of features (< ", rows, ")");
+  std::atomic<bool> valid{true};
+  at::parallel_for(0, neighbors.numel(), 1 << 16, [&](int64_t begin, int64_t end) {
+    bool chunk_valid = true;
+    for (int64_t i = begin; i < end; ++i) chunk_valid &= data[i] >= -1 && data[i] < rows;
+    if (!chunk_valid) valid = false;
+  });
+  TORCH_CHECK_VALUE(valid.load(), op, ": kernel map entries must be -1 or rows of features (< ", rows, ")");
 }
 
 }  // namespace sparsevision

@@ -1,5 +1,6 @@
 # E-3DSNN (multi-spike neurons, D = 4; spike sparse convolutions on the engine) classifying 8 primitive shapes:
-# randomly scaled, rotated and jittered surface samples, voxelised on a 24^3 grid (~770 occupied voxels each).
+# randomly scaled, rotated and jittered surface samples, voxelised on a 24^3 grid (~770 occupied voxels each);
+# 300 training and 50 validation samples per shape.
 _base_ = ['../_base_/schedules/adamw_cosine.py', '../_base_/default_runtime.py']
 
 model = dict(
@@ -10,9 +11,9 @@ model = dict(
 )
 dataset = dict(type='ShapeClassificationDataset', grid=24, pipeline=[dict(type='PackPointCloudInputs')])
 train_dataloader = dict(batch_size=16, num_workers=0, sampler=dict(type='DefaultSampler', shuffle=True),
-                        dataset=dict(dataset, split='train', samples_per_class=80))
+                        dataset=dict(dataset, split='train', samples_per_class=300))
 val_dataloader = dict(batch_size=32, num_workers=0, sampler=dict(type='DefaultSampler', shuffle=False),
-                      dataset=dict(dataset, split='val', samples_per_class=20))
+                      dataset=dict(dataset, split='val', samples_per_class=50))
 test_dataloader = val_dataloader
 val_evaluator = dict(type='Accuracy', topk=(1,))
 test_evaluator = val_evaluator

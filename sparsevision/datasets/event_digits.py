@@ -192,8 +192,16 @@ def _time_bin_of_events(times: np.ndarray, time_bins: int) -> np.ndarray:
     return (times - times[0]) * time_bins // (times[-1] - times[0] + 1)
 
 
+class EventBinning:
+    """Base of the event converters: ``time_bins`` equal-duration bins on a ``sensor_size`` sensor (checked)."""
+
+    def __init__(self, time_bins: int = 10, sensor_size: Sequence[int] = (34, 34)):
+        self.time_bins = _check_time_bins(time_bins)
+        self.sensor_size = _check_sensor_size(sensor_size)
+
+
 @TRANSFORMS.register_module()
-class EventsToFrames:
+class EventsToFrames(EventBinning):
     """``events`` -> ``frames``: float32 ``[T, 2, H, W]`` event counts per time bin and polarity.
 
     The stream's span (first to last event) is cut into ``time_bins`` bins of
@@ -204,10 +212,6 @@ class EventsToFrames:
         time_bins: number of time bins ``T``.
         sensor_size: ``(height, width)`` of the sensor.
     """
-
-    def __init__(self, time_bins: int = 10, sensor_size: Sequence[int] = (34, 34)):
-        self.time_bins = _check_time_bins(time_bins)
-        self.sensor_size = _check_sensor_size(sensor_size)
 
     def __call__(self, results: dict) -> dict:
         events = check_events(results['events'], self.sensor_size)
@@ -224,7 +228,7 @@ class EventsToFrames:
 
 
 @TRANSFORMS.register_module()
-class EventsToVoxels:
+class EventsToVoxels(EventBinning):
     """``events`` -> sparse voxels: the occupied ``(t_bin, y, x)`` sites with their counts per polarity.
 
     Sets ``voxel_coordinates`` int32 ``[N, 3]`` (rows ``(t_bin, y, x)``, unique,
@@ -237,10 +241,6 @@ class EventsToVoxels:
         time_bins: number of time bins ``T``.
         sensor_size: ``(height, width)`` of the sensor.
     """
-
-    def __init__(self, time_bins: int = 10, sensor_size: Sequence[int] = (34, 34)):
-        self.time_bins = _check_time_bins(time_bins)
-        self.sensor_size = _check_sensor_size(sensor_size)
 
     def __call__(self, results: dict) -> dict:
         events = check_events(results['events'], self.sensor_size)

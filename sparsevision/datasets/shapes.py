@@ -118,3 +118,76 @@ class ShapeClassificationDataset(BaseDataset):
                 samples.append(dict(coordinates=coordinates, features=features, spatial_shape=[self.grid] * 3,
                                     gt_label=label, sample_index=len(samples)))
         return samples
+
+
+@DATASETS.register_module()
+class ShapeSceneSegmentationDataset(BaseDataset):
+    """Scenes of several shapes on a ground plane; every voxel labelled with the shape it samples (or ground).
+
+    Each scene places ``shapes_per_scene`` randomly chosen, scaled and rotated
+    shapes (see :class:`ShapeClassificationDataset`) at random spots on a
+    ground square, samples their surfaces and the ground, and voxelises the
+    scene on a ``grid``³ lattice. Label 0 is ground, label ``1 + i`` is shape
+    ``i``; a voxel takes the label most of its points carry. Deterministic in
+    (split, index, seed).
+
+    Args:
+        split: ``'train'`` or ``'val'``.
+        scenes: number of scenes in this split.
+        shapes: primitives that may appear (:data:`PRIMITIVES`).
+        shapes_per_scene: shapes placed in each scene.
+        points: surface points per shape (the ground gets as many).
+        grid: voxels per axis.
+        seed: base seed.
+        pipeline: transforms (typically ``PackPointCloudInputs``).
+    """
+
+    def __init__(self, split: str = 'train', scenes: int = 200, shapes: Sequence[str] = PRIMITIVES,
+                 shapes_per_scene: int = 3, points: int = 3000, grid: int = 32, seed: int = 0, pipeline=(),
+                 **kwargs):
+        if split not in ('train', 'val'):
+            raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+        if scenes < 1 or shapes_per_scene < 1 or points < 1 or grid < 2:
+            raise ValueError('scenes, shapes_per_scene and points must be positive and grid at least 2')
+        self.meshes = [primitive_mesh(name) for name in shapes]
+        self.split, self.scenes, self.shapes_per_scene = split, scenes, shapes_per_scene
+        self.points, self.grid, self.seed = points, grid, seed
+        super().__init__(pipeline=list(pipeline), serialize_data=False,
+                         metainfo=dict(classes=('ground',) + tuple(shapes)), **kwargs)
+
+    def load_data_list(self):
+        samples = []
+        for index in range(self.scenes):
+            rng = np.random.default_rng([self.seed, self.split == 'val', index])
+            clouds, labels = [], []
+            spots = rng.permutation(9)[:self.shapes_per_scene]   # cells of a 3x3 layout, one shape each
+            for spot in spots:
+                label = int(rng.integers(len(self.meshes)))
+                mesh = self.meshes[label]
+                vertices = np.asarray(mesh.vertices) * rng.uniform(0.35, 0.5, size=3) @ random_rotation(rng).T
+                cloud = sample_surface(vertices, np.asarray(mesh.triangles), self.points,
+                                       seed=int(rng.integers(2**31)))
+                centre = np.array([spot % 3 - 1, spot // 3 - 1, 0.0]) * 0.62 + rng.uniform(-0.05, 0.05, 3)
+                cloud = cloud - cloud.mean(axis=0) + centre
+                cloud[:, 2] += -0.8 - cloud[:, 2].min()   # resting on the ground
+                clouds.append(cloud)
+                labels.append(np.full(len(cloud), label + 1))
+            ground = np.column_stack([rng.uniform(-0.98, 0.98, (self.points, 2)), np.full(self.points, -0.82)])
+            clouds.append(ground)
+            labels.append(np.zeros(self.points, dtype=np.int64))
+            points, point_labels = np.clip(np.concatenate(clouds), -0.999, 0.999), np.concatenate(labels)
+            coordinates, features = voxelise_points(points, self.grid)
+            samples.append(dict(coordinates=coordinates, features=features, spatial_shape=[self.grid] * 3,
+                                gt_seg=voxel_labels(points, point_labels, self.grid, coordinates),
+                                sample_index=index))
+        return samples
+
+
+def voxel_labels(points: np.ndarray, labels: np.ndarray, grid: int, coordinates: np.ndarray) -> np.ndarray:
+    """The most frequent point label of each occupied voxel, in the order of ``coordinates``."""
+    cells = np.clip(np.floor((points + 1.0) / 2.0 * grid), 0, grid - 1).astype(np.int64)
+    keys = (cells[:, 2] * grid + cells[:, 1]) * grid + cells[:, 0]
+    voxel_keys = (coordinates[:, 0].astype(np.int64) * grid + coordinates[:, 1]) * grid + coordinates[:, 2]
+    votes = np.zeros((len(voxel_keys), labels.max() + 1), dtype=np.int64)
+    np.add.at(votes, (np.searchsorted(voxel_keys, keys), labels), 1)
+    return votes.argmax(axis=1)

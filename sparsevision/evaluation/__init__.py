@@ -1,4 +1,5 @@
 """Metrics (registered in METRICS)."""
 from .accuracy import Accuracy
+from .segmentation import MeanIoU
 
-__all__ = ['Accuracy']
+__all__ = ['Accuracy', 'MeanIoU']

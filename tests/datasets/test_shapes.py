@@ -51,3 +51,19 @@ def test_packed_samples_collate_into_one_sparse_tensor():
     assert [int(s.gt_label) for s in batch['data_samples']] == [0, 1]
     with pytest.raises(ValueError, match='same N'):
         PackPointCloudInputs()(dict(coordinates=np.zeros((3, 3)), features=np.zeros((2, 4)), spatial_shape=[4] * 3))
+
+
+def test_scene_segmentation_labels_every_voxel():
+    from sparsevision.datasets import ShapeSceneSegmentationDataset
+
+    dataset = ShapeSceneSegmentationDataset(scenes=3, grid=24, pipeline=[PackPointCloudInputs()])
+    again = ShapeSceneSegmentationDataset(scenes=3, grid=24)
+    for sample, same in zip(dataset.data_list, again.data_list):
+        assert np.array_equal(sample['gt_seg'], same['gt_seg'])
+        assert sample['gt_seg'].shape == (len(sample['coordinates']),)
+        present = set(np.unique(sample['gt_seg']).tolist())
+        assert 0 in present and 2 <= len(present) <= 4   # ground and up to three shapes
+        low = sample['coordinates'][:, 0] <= 2    # the bottom slices are ground
+        assert (sample['gt_seg'][low] == 0).mean() > 0.9
+    packed = dataset[0]
+    assert packed['data_samples'].gt_seg.shape == (packed['inputs']['coordinates'].shape[0],)

@@ -64,3 +64,35 @@ def test_bad_arguments_are_refused():
         MetaSpikeFormer(channels=(8, 16, 32), heads=2)(torch.rand(32, 32))
     with pytest.raises(ValueError, match='same stages'):
         E3DSNN(channels=(8, 16), depths=(1,))
+
+
+def test_e3dsnn_unet_segments_every_input_site():
+    from mmengine.structures import BaseDataElement
+
+    from sparsevision.models.segmentors import SparseSegmentor
+
+    torch.manual_seed(0)
+    model = SparseSegmentor(backbone=dict(type='E3DSNNUNet', in_channels=4, channels=(8, 16, 32), depths=(1, 1, 1)),
+                            num_classes=5, in_channels=8)
+    x = _point_clouds(batch=2, size=12)
+    counts = x.indices[:, 0].long().bincount().tolist()
+    samples = [BaseDataElement(gt_seg=torch.randint(0, 5, (count,))) for count in counts]
+    loss = model(x, samples, mode='loss')['loss']
+    loss.backward()
+    assert torch.isfinite(loss) and model.backbone.up[0][1].weight.grad is not None
+    predicted = model(x, samples, mode='predict')
+    assert [p.pred_seg.shape[0] for p in predicted] == counts
+
+
+def test_mean_iou_by_hand():
+    from sparsevision.evaluation import MeanIoU
+
+    metric = MeanIoU(num_classes=3, class_names=('a', 'b', 'c'))
+    metric.process(None, [dict(pred_seg=torch.tensor([0, 0, 1, 1]), gt_seg=torch.tensor([0, 1, 1, 1]))])
+    result = metric.compute_metrics(metric.results)
+    # class a: hit 1, union 2 -> 0.5; class b: hit 2, union 3 -> 2/3; class c absent
+    assert result['IoU_a'] == pytest.approx(50.0) and result['IoU_b'] == pytest.approx(200 / 3)
+    assert result['mIoU'] == pytest.approx((50 + 200 / 3) / 2) and result['accuracy'] == pytest.approx(75.0)
+    assert 'IoU_c' not in result
+    with pytest.raises(ValueError, match='class names'):
+        MeanIoU(num_classes=3, class_names=('a',))

@@ -53,8 +53,13 @@ def _random_inputs(model, model_cfg, count: int) -> list:
 def test_forward_backward(name):
     torch.manual_seed(0)
     model = sparsevision.create_model(name)
+    model_cfg = load_config(name).model
     samples = [BaseDataElement(gt_label=torch.tensor(label)) for label in (1, 7)]
-    raw = dict(inputs=_random_inputs(model, load_config(name).model, len(samples)), data_samples=samples)
+    inputs = _random_inputs(model, model_cfg, len(samples))
+    segmentor = model_cfg.type == 'SparseSegmentor'
+    for sample, sample_inputs in zip(samples, inputs if segmentor else ()):   # one label per site
+        sample.gt_seg = torch.randint(0, model_cfg.num_classes, (sample_inputs['coordinates'].shape[0],))
+    raw = dict(inputs=inputs, data_samples=samples)
     data = model.data_preprocessor(raw, True)
     losses = model(**data, mode='loss')
     losses['loss'].backward()
@@ -65,6 +70,8 @@ def test_forward_backward(name):
     predictions = model(**model.data_preprocessor(raw, False), mode='predict')
     if isinstance(predictions, torch.Tensor):   # a masked autoencoder reconstructs its input
         assert predictions.shape == data['inputs'].shape
+    elif segmentor:
+        assert [p.pred_seg.shape for p in predictions] == [s.gt_seg.shape for s in samples]
     else:
-        classes = load_config(name).model.head.num_classes
+        classes = model_cfg.head.num_classes
         assert [p.pred_score.shape for p in predictions] == [(classes,), (classes,)]

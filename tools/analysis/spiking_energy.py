@@ -44,22 +44,31 @@ def main():
             if args.batches is not None and index >= args.batches:
                 break
             for sample in model(**model.data_preprocessor(batch, False), mode='predict'):
-                correct += int(sample.pred_label == sample.gt_label)
+                if 'pred_seg' in sample:   # segmentation: site accuracy
+                    correct += (sample.pred_seg == sample.gt_seg).float().mean().item()
+                else:
+                    correct += int(sample.pred_label == sample.gt_label)
                 seen += 1
     time_steps = getattr(model.backbone, 'time_steps', 1)
     report = energy_report(operations, args.preset, time_steps=time_steps)
     rates = firing.summary()
-    print(f'{args.config}: top-1 {100 * correct / seen:.2f} % on {seen} validation samples; T = {time_steps}\n')
+    print(f'{args.config}: accuracy {100 * correct / seen:.2f} % (top-1, or mean site accuracy for segmentation) on '
+          f'{seen} validation samples; T = {time_steps}\n')
     print('firing rates (share of non-zero neuron outputs):')
     for name, layer in rates.items():
         sites = f', active sites {layer["active_site_ratio"]:.3f}' if 'active_site_ratio' in layer else ''
         print(f'  {name:<45} {layer["firing_rate"]:.3f} (mean spikes {layer["mean_spikes"]:.3f}{sites})')
     print(f'  mean over layers: {sum(layer["firing_rate"] for layer in rates.values()) / len(rates):.3f}\n')
     print(report.table())
+    print(f'per sample: {report.energy_joules / seen * 1e6:.3f} uJ spiking vs '
+          f'{report.ann_energy_joules / seen * 1e6:.3f} uJ ANN twin; {report.synaptic_ops / seen:.3e} SOPs and '
+          f'{report.macs / seen:.3e} MACs')
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(dict(
             config=args.config, top1=100 * correct / seen, samples=seen, time_steps=time_steps, firing=rates,
+            energy_per_sample_joules=report.energy_joules / seen,
+            ann_energy_per_sample_joules=report.ann_energy_joules / seen,
             macs=report.macs, synaptic_ops=report.synaptic_ops, energy_joules=report.energy_joules,
             ann_energy_joules=report.ann_energy_joules, energy_ratio=report.energy_ratio), indent=2, default=float))
 

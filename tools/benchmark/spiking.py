@@ -6,8 +6,9 @@ the engine's fastest path, itself 0.4x spconv's time). Same spikes, weights and 
 
 Input: the street scene of ``scenes.py`` (open3d ray-cast LiDAR sweeps, ~115k voxels at 0.1 m), a submanifold
 k3 convolution 64 -> 64 channels, binary spikes drawn independently per (site, channel) at firing rates 5, 10, 20
-and 50 %, plus integer multi-spikes (values 1-4) at 10 %. ``auto`` rows time ``SpikeSparseConvolution``, which
-measures the firing rate of its input and takes the event-driven path only below its threshold.
+and 50 %, plus integer multi-spikes (values 1-4) at 10 %. ``layer auto`` rows time ``SpikeSparseConvolution``,
+which estimates the firing rate of its input and takes the event-driven path only below its threshold, against
+the ordinary ``SubMConv3d`` layer with the same weights (both pay the same layer overhead).
 
 ``ratio`` is ours/peer time: lower is better; ``speedup`` = 1 / ratio (the median of per-round ratios; rounds
 alternate which side runs first; ``spread`` is their min-max). ``match``: ours equals the peer bitwise
@@ -33,7 +34,7 @@ except ImportError:
 import torch
 
 from sparsevision import ops
-from sparsevision.sparse import SparseTensor
+from sparsevision.sparse import SparseTensor, SubMConv3d
 from sparsevision.sparse.spike_conv import SpikeSparseConvolution
 
 import protocol  # noqa: E402  (tools/benchmark/protocol.py, beside this script)
@@ -61,15 +62,16 @@ def timed_pair(ours, peer, rounds):
     return ours_times, peer_times
 
 
-def run_case(name, spikes, weight, neighbors, inverse, threads, rounds, layer=None, tensor=None):
+def run_case(name, spikes, weight, neighbors, inverse, threads, rounds, layers=None, tensor=None):
     torch.set_num_threads(threads)
-    peer = lambda: ops.sparse_conv(spikes, weight, neighbors, inverse, 1)  # noqa: E731
-    if layer is None:
+    if layers is None:
+        peer = lambda: ops.sparse_conv(spikes, weight, neighbors, inverse, 1)  # noqa: E731
         ours = lambda: ops.spike_sparse_conv(spikes, weight, neighbors, inverse)  # noqa: E731
         matches = torch.equal(ours(), peer())
-    else:
-        ours = lambda: layer(tensor)  # noqa: E731
-        matches = torch.equal(ours().features, peer())
+    else:   # the spike layer against the ordinary layer with the same weights
+        ours = lambda: layers[0](tensor).features  # noqa: E731
+        peer = lambda: layers[1](tensor).features  # noqa: E731
+        matches = torch.equal(ours(), peer())
     ours(), peer()
     ours_times, peer_times = timed_pair(ours, peer, rounds)
     ratios = [mine / theirs for mine, theirs in zip(ours_times, peer_times)]
@@ -97,6 +99,8 @@ def all_cases(quick: bool):
     layer = SpikeSparseConvolution(3, CHANNELS, CHANNELS, 3, subm=True, bias=False)
     with torch.no_grad():
         layer.weight.copy_(weight.permute(2, 0, 1).reshape(CHANNELS, 3, 3, 3, CHANNELS))
+    ordinary = SubMConv3d(CHANNELS, CHANNELS, 3, bias=False)
+    ordinary.load_state_dict(layer.state_dict())
     rates = (0.10,) if quick else FIRING_RATES
     cases = []
     for rate in rates:
@@ -105,7 +109,8 @@ def all_cases(quick: bool):
         cases.append((f'{shape}, binary spikes {rate:.0%}', spikes, dict()))
         if not quick and rate in (0.10, 0.50):
             tensor = SparseTensor(spikes, sites.indices, sites.spatial_shape, 1)
-            cases.append((f'{shape}, binary spikes {rate:.0%}, layer auto', spikes, dict(layer=layer, tensor=tensor)))
+            cases.append((f'{shape}, binary spikes {rate:.0%}, layer auto vs SubMConv3d', spikes,
+                          dict(layers=(layer, ordinary), tensor=tensor)))
     if not quick:
         spikes = spikes_at(0.10, sites.indices.shape[0], generator, max_spikes=4)
         cases.append((f'SubM k3 {CHANNELS}->{CHANNELS}, {sites.label}, multi-spikes 1-4 at 10%', spikes, dict()))

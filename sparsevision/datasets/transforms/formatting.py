@@ -47,5 +47,7 @@ class PackPointCloudInputs:
         sample = BaseDataElement(metainfo={key: results[key] for key in self.meta_keys if key in results})
         if 'gt_label' in results:
             sample.gt_label = torch.as_tensor(results['gt_label'], dtype=torch.long)
+        if 'gt_seg' in results:   # one label per site, in the order of the coordinates
+            sample.gt_seg = torch.as_tensor(np.asarray(results['gt_seg']), dtype=torch.long)
         return dict(inputs=dict(coordinates=coordinates, features=features,
                                 spatial_shape=list(results['spatial_shape'])), data_samples=sample)

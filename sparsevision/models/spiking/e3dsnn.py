@@ -1,12 +1,13 @@
 """E-3DSNN: a spiking sparse-convolution backbone for voxelised point clouds, on the sparse engine."""
-from typing import Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 from mmengine.model import BaseModule
 
 from ...registry import MODELS
-from ...sparse import SparseBatchNorm, SparseGlobalAvgPool, SparseModule, SparseSequential, SparseTensor, SubMConv3d
+from ...sparse import (SparseBatchNorm, SparseGlobalAvgPool, SparseModule, SparseSequential, SparseTensor,
+                       SubMConv3d)
 from ...sparse.spike_conv import SpikeSparseConvolution
 from .neurons import MultiSpikeNeuron
 
@@ -59,6 +60,7 @@ class E3DSNN(BaseModule):
         super().__init__(init_cfg)
         if len(channels) != len(depths) or not channels:
             raise ValueError(f'channels and depths must name the same stages, got {channels} and {depths}')
+        self.channels, self.max_spikes, self.event_threshold = tuple(channels), max_spikes, event_threshold
         self.stem = SparseSequential(SubMConv3d(in_channels, channels[0], 3, bias=False),
                                      SparseBatchNorm(channels[0]))
         stages = []
@@ -66,7 +68,7 @@ class E3DSNN(BaseModule):
             layers = []
             if index > 0:
                 layers.append(spike_conv_unit(channels[index - 1], width, max_spikes, event_threshold,
-                                              kernel_size=2, stride=2))
+                                              kernel_size=2, stride=2, indice_key=f'down{index}'))
             layers.extend(SpikeResidualBlock(width, max_spikes, event_threshold) for _ in range(depth))
             stages.append(SparseSequential(*layers))
         self.stages = nn.ModuleList(stages)
@@ -74,8 +76,42 @@ class E3DSNN(BaseModule):
         self.pool = SparseGlobalAvgPool()
         self.out_channels = channels[-1]
 
-    def forward(self, x: SparseTensor) -> Tuple[torch.Tensor]:
-        x = self.stem(x)
+    def encode(self, x: SparseTensor) -> List[SparseTensor]:
+        """Every stage's output (membrane features), finest first."""
+        outputs = [self.stem(x)]
         for stage in self.stages:
-            x = stage(x)
-        return (self.pool(x.replace_feature(self.output_neuron(x.features))),)
+            outputs.append(stage(outputs[-1]))
+        return outputs[1:]
+
+    def forward(self, x: SparseTensor) -> Tuple[torch.Tensor]:
+        last = self.encode(x)[-1]
+        return (self.pool(last.replace_feature(self.output_neuron(last.features))),)
+
+
+@MODELS.register_module()
+class E3DSNNUNet(E3DSNN):
+    """E-3DSNN for per-voxel segmentation: the encoder of :class:`E3DSNN`, then for each coarser stage an inverse
+    spike convolution back onto the finer stage's sites, added to that stage's features (membrane skip), and a
+    residual block. Returns the finest stage's features on the input sites, ``SparseTensor`` ``[N, channels[0]]``.
+
+    Args: as :class:`E3DSNN`.
+    """
+
+    def __init__(self, in_channels: int = 4, channels: Sequence[int] = (16, 32, 64, 128),
+                 depths: Sequence[int] = (1, 1, 1, 1), max_spikes: int = 4, event_threshold: float = 0.35,
+                 init_cfg=None):
+        super().__init__(in_channels, channels, depths, max_spikes, event_threshold, init_cfg)
+        self.up = nn.ModuleList(
+            spike_conv_unit(channels[index], channels[index - 1], max_spikes, event_threshold, kernel_size=2,
+                            inverse=True, indice_key=f'down{index}')
+            for index in range(len(channels) - 1, 0, -1))
+        self.fuse = nn.ModuleList(SpikeResidualBlock(channels[index - 1], max_spikes, event_threshold)
+                                  for index in range(len(channels) - 1, 0, -1))
+        self.out_channels = channels[0]
+
+    def forward(self, x: SparseTensor) -> SparseTensor:
+        skips = self.encode(x)
+        y = skips[-1]
+        for up, fuse, skip in zip(self.up, self.fuse, reversed(skips[:-1])):
+            y = fuse(skip.replace_feature(skip.features + up(y).features))
+        return y
