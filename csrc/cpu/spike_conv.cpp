@@ -9,10 +9,11 @@
 //
 // 1. Each input site's non-zero channels are listed once (CSR of weight-row offsets i * out_channels, plus values
 //    unless every spike is 1), in parallel; float32 rows are compressed with AVX-512 where the CPU has it.
-// 2. Output rows go in fixed pairs (2p, 2p + 1). A row's events are its present taps' site lists, copied with the
-//    tap's offset added (16 at a time), so they come in tap, then channel order. The two rows' lists are consumed in
-//    lockstep: two independent accumulator chains hide the add latency, with Chunk-wide accumulators in registers.
-//    Rows are paired by number, not by the thread split, so results are bitwise identical at any thread count.
+// 2. Output rows go in fixed groups of four (two when their accumulators would not fit the registers). A row's
+//    events are its present taps' site lists, copied with the tap's offset added (16 at a time), so they come in
+//    tap, then channel order. The group's lists are consumed in lockstep: independent accumulator chains hide the
+//    add and load latency, with Chunk-wide accumulators in registers. Rows are grouped by number, not by the thread
+//    split, so results are bitwise identical at any thread count.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -179,45 +180,45 @@ inline __attribute__((always_inline)) void add_event(const scalar_t* weight_row,
   }
 }
 
-// out_channels a multiple of Chunk: row pairs with Chunk-wide register accumulators.
+// Rows consumed in lockstep by the register path: four when their accumulators fit in the 32 AVX-512 registers.
+template <int Chunk, typename scalar_t>
+constexpr int kLockstepRows = Chunk / kLanes<scalar_t> <= 4 ? 4 : 2;
+
+// out_channels a multiple of Chunk: groups of kLockstepRows rows with Chunk-wide register accumulators.
 template <int Chunk, bool Binary, typename scalar_t>
 SV_VECTOR_CLONES void spike_rows_in_registers(const SiteSpikes<scalar_t>* sites, const scalar_t* weight,
                                               const int32_t* neighbors, scalar_t* out, const SpikeShape* shape,
-                                              int64_t first_pair, int64_t last_pair) {
+                                              int64_t first_group, int64_t last_group) {
   constexpr int kVectors = Chunk / kLanes<scalar_t>;
+  constexpr int kRows = kLockstepRows<Chunk, scalar_t>;
   static_assert(Chunk % kLanes<scalar_t> == 0, "Chunk must be a whole number of vectors");
   const int64_t capacity = shape->taps * shape->in_channels + kSlack, out_channels = shape->out_channels;
-  std::vector<int32_t> offsets(2 * capacity);
-  std::vector<scalar_t> values(Binary ? 0 : 2 * capacity);
-  const int32_t* offsets0 = offsets.data();
-  const int32_t* offsets1 = offsets.data() + capacity;
-  const scalar_t* values0 = values.data();
-  const scalar_t* values1 = Binary ? nullptr : values.data() + capacity;
-  for (int64_t pair = first_pair; pair < last_pair; ++pair) {
-    const int64_t m = 2 * pair;
-    const int rows = m + 1 < shape->outputs ? 2 : 1;
-    int64_t counts[2] = {0, 0};
+  std::vector<int32_t> offsets(kRows * capacity);
+  std::vector<scalar_t> values(Binary ? 0 : kRows * capacity);
+  for (int64_t group = first_group; group < last_group; ++group) {
+    const int64_t m = kRows * group;
+    const int rows = static_cast<int>(std::min<int64_t>(kRows, shape->outputs - m));
+    int64_t counts[kRows] = {};
     for (int r = 0; r < rows; ++r) {
       counts[r] = list_events<Binary>(*sites, neighbors + (m + r) * shape->taps, *shape,
                                       offsets.data() + r * capacity, Binary ? nullptr : values.data() + r * capacity);
     }
-    const int64_t common = std::min(counts[0], counts[1]);
+    const int64_t common = rows == kRows ? *std::min_element(counts, counts + kRows) : 0;
     for (int64_t o0 = 0; o0 < out_channels; o0 += Chunk) {
-      Vector<scalar_t> acc0[kVectors] = {}, acc1[kVectors] = {};
+      Vector<scalar_t> acc[kRows][kVectors] = {};
       for (int64_t e = 0; e < common; ++e) {
-        add_event<kVectors, Binary>(weight + offsets0[e] + o0, Binary ? scalar_t(1) : values0[e], acc0);
-        add_event<kVectors, Binary>(weight + offsets1[e] + o0, Binary ? scalar_t(1) : values1[e], acc1);
-      }
-      for (int64_t e = common; e < counts[0]; ++e) {
-        add_event<kVectors, Binary>(weight + offsets0[e] + o0, Binary ? scalar_t(1) : values0[e], acc0);
-      }
-      for (int64_t e = common; e < counts[1]; ++e) {
-        add_event<kVectors, Binary>(weight + offsets1[e] + o0, Binary ? scalar_t(1) : values1[e], acc1);
+        for (int r = 0; r < kRows; ++r) {
+          add_event<kVectors, Binary>(weight + offsets[r * capacity + e] + o0,
+                                      Binary ? scalar_t(1) : values[r * capacity + e], acc[r]);
+        }
       }
       for (int r = 0; r < rows; ++r) {
-        const Vector<scalar_t>* acc = r == 0 ? acc0 : acc1;
+        for (int64_t e = common; e < counts[r]; ++e) {
+          add_event<kVectors, Binary>(weight + offsets[r * capacity + e] + o0,
+                                      Binary ? scalar_t(1) : values[r * capacity + e], acc[r]);
+        }
         for (int c = 0; c < kVectors; ++c) {
-          std::memcpy(out + (m + r) * out_channels + o0 + c * kLanes<scalar_t>, &acc[c], sizeof(acc[c]));
+          std::memcpy(out + (m + r) * out_channels + o0 + c * kLanes<scalar_t>, &acc[r][c], sizeof(acc[r][c]));
         }
       }
     }
@@ -265,17 +266,16 @@ at::Tensor spike_sparse_conv_cpu(const at::Tensor& spikes_in, const at::Tensor& 
     scalar_t* y = out.data_ptr<scalar_t>();
     auto run = [&](auto binary) {
       constexpr bool kBinary = decltype(binary)::value;
-      auto in_registers = [&](auto kernel) {
-        at::parallel_for(0, (shape.outputs + 1) / 2, kRowBlock / 2, [&](int64_t begin, int64_t end) {
-          kernel(&sites, w, map, y, &shape, begin, end);
-        });
+      auto in_registers = [&](auto kernel, int rows_at_once) {
+        at::parallel_for(0, at::divup(shape.outputs, int64_t(rows_at_once)), kRowBlock / rows_at_once,
+                         [&](int64_t begin, int64_t end) { kernel(&sites, w, map, y, &shape, begin, end); });
       };
       if (shape.out_channels % 64 == 0) {
-        in_registers(spike_rows_in_registers<64, kBinary, scalar_t>);
+        in_registers(spike_rows_in_registers<64, kBinary, scalar_t>, kLockstepRows<64, scalar_t>);
       } else if (shape.out_channels % 32 == 0) {
-        in_registers(spike_rows_in_registers<32, kBinary, scalar_t>);
+        in_registers(spike_rows_in_registers<32, kBinary, scalar_t>, kLockstepRows<32, scalar_t>);
       } else if (shape.out_channels % 16 == 0) {
-        in_registers(spike_rows_in_registers<16, kBinary, scalar_t>);
+        in_registers(spike_rows_in_registers<16, kBinary, scalar_t>, kLockstepRows<16, scalar_t>);
       } else {
         at::parallel_for(0, shape.outputs, kRowBlock, [&](int64_t begin, int64_t end) {
           spike_rows<kBinary, scalar_t>(&sites, w, map, y, &shape, begin, end);
