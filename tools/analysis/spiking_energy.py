@@ -14,10 +14,11 @@ import sys
 from pathlib import Path
 
 import torch
+from mmengine.registry import DefaultScope
+from mmengine.runner import Runner
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout without installing
 
-from sparsevision.engine import build_runner  # noqa: E402
 from sparsevision.model_zoo import create_model, load_config  # noqa: E402
 from sparsevision.models.spiking import FiringMonitor, OperationCounter, energy_report  # noqa: E402
 
@@ -36,8 +37,8 @@ def main():
     args = parse_args()
     cfg = load_config(args.config)
     model = create_model(cfg, checkpoint=args.checkpoint).eval()
-    cfg.work_dir = str(Path('work_dirs') / 'spiking_energy')
-    loader = build_runner(cfg).build_dataloader(cfg.val_dataloader)
+    with DefaultScope.overwrite_default_scope('sparsevision'):
+        loader = Runner.build_dataloader(cfg.val_dataloader)
     correct = seen = 0
     with torch.no_grad(), FiringMonitor(model) as firing, OperationCounter(model) as operations:
         for index, batch in enumerate(loader):

@@ -26,10 +26,15 @@ def unpatchify(patches: torch.Tensor, patch_size: int, grid: Tuple[int, int]) ->
     return images.permute(0, 5, 1, 3, 2, 4).reshape(batch, channels, grid[0] * patch_size, grid[1] * patch_size)
 
 
-def normalize_patches(patches: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+def patch_statistics(patches: torch.Tensor, eps: float = 1e-6) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Each patch's mean and standard deviation (``sqrt(var + eps)``), ``[B, L, 1]`` each."""
+    return patches.mean(dim=-1, keepdim=True), (patches.var(dim=-1, keepdim=True) + eps).sqrt()
+
+
+def normalize_patches(patches: torch.Tensor) -> torch.Tensor:
     """Each patch to zero mean and unit variance (the per-patch target of MAE and SparK)."""
-    mean, var = patches.mean(dim=-1, keepdim=True), patches.var(dim=-1, keepdim=True)
-    return (patches - mean) / (var + eps).sqrt()
+    mean, std = patch_statistics(patches)
+    return (patches - mean) / std
 
 
 def masked_patch_loss(predicted: torch.Tensor, target: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
@@ -129,8 +134,8 @@ class MaskedAutoencoder(BaseModel):
             predicted = self.predict_patches(images, visible)
             target = patchify(images, patch)
             if self.normalize_target:
-                mean, var = target.mean(dim=-1, keepdim=True), target.var(dim=-1, keepdim=True)
-                predicted = predicted * (var + 1e-6).sqrt() + mean
+                mean, std = patch_statistics(target)
+                predicted = predicted * std + mean
             merged = torch.where(visible.flatten(1)[..., None], target, predicted)
         return unpatchify(merged, patch, self.grid)
 

@@ -8,7 +8,7 @@ from .neurons import IFNeuron, LIFNeuron, MembraneNeuron, MultiSpikeNeuron, PLIF
 from .surrogate import (SURROGATES, ATanSurrogate, RectangleSurrogate, SigmoidSurrogate, Surrogate,
                         TriangleSurrogate, build_surrogate, register_surrogate)
 
-__all__ = ['ATanSurrogate', 'E3DSNN', 'E3DSNNUNet', 'ENERGY_PRESETS', 'EnergyModel', 'EnergyReport', 'FiringMonitor', 'IFNeuron',
-           'LIFNeuron', 'LayerEnergy', 'MembraneNeuron', 'MetaSpikeFormer', 'MultiSpikeNeuron', 'OperationCounter',
-           'PLIFNeuron', 'RectangleSurrogate', 'SURROGATES', 'SigmoidSurrogate', 'SpikingNeuron', 'Surrogate',
-           'TriangleSurrogate', 'build_surrogate', 'energy_model', 'energy_report', 'register_surrogate']
+__all__ = ['ATanSurrogate', 'E3DSNN', 'E3DSNNUNet', 'ENERGY_PRESETS', 'EnergyModel', 'EnergyReport', 'FiringMonitor',
+           'IFNeuron', 'LIFNeuron', 'LayerEnergy', 'MembraneNeuron', 'MetaSpikeFormer', 'MultiSpikeNeuron',
+           'OperationCounter', 'PLIFNeuron', 'RectangleSurrogate', 'SURROGATES', 'SigmoidSurrogate', 'SpikingNeuron',
+           'Surrogate', 'TriangleSurrogate', 'build_surrogate', 'energy_model', 'energy_report', 'register_surrogate']

@@ -60,7 +60,6 @@ class E3DSNN(BaseModule):
         super().__init__(init_cfg)
         if len(channels) != len(depths) or not channels:
             raise ValueError(f'channels and depths must name the same stages, got {channels} and {depths}')
-        self.channels, self.max_spikes, self.event_threshold = tuple(channels), max_spikes, event_threshold
         self.stem = SparseSequential(SubMConv3d(in_channels, channels[0], 3, bias=False),
                                      SparseBatchNorm(channels[0]))
         stages = []

@@ -10,7 +10,6 @@ as in SpikingJelly's ``op_counter``. Compute only: data movement is not counted.
 """
 import math
 from dataclasses import dataclass
-from functools import partial
 from typing import Dict, List, Optional, Union
 
 import torch
@@ -20,6 +19,7 @@ from torch import nn
 from ...sparse.conv import SparseConvolution
 from ...sparse.kernel_maps import convolution_map, inverse_convolution_map
 from ...sparse.tensor import KernelMap, SparseTensor
+from .hooks import LayerHooks
 
 COUNTED_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, SparseConvolution)
 
@@ -63,7 +63,7 @@ def energy_model(preset_or_model: Union[str, EnergyModel]) -> EnergyModel:
                      f'or an EnergyModel(mac_joules, ac_joules)')
 
 
-class OperationCounter:
+class OperationCounter(LayerHooks):
     """Context manager counting the operations of every convolution and linear layer in a model.
 
     Hooks ``nn.Conv1d/2d/3d``, ``nn.Linear`` and :class:`SparseConvolution`
@@ -102,26 +102,9 @@ class OperationCounter:
     """
 
     def __init__(self, model: nn.Module):
-        self.layers = {name or type(module).__name__: module for name, module in model.named_modules()
-                       if isinstance(module, COUNTED_LAYERS)}
-        if not self.layers:
-            raise ValueError(f'{type(model).__name__} contains no convolution or linear layer to count '
-                             '(nn.Conv1d/2d/3d, nn.Linear, SparseConvolution)')
-        self.totals: Dict[str, Dict[str, torch.Tensor]] = {}
+        super().__init__(model, COUNTED_LAYERS, 'convolution or linear layer to count (nn.Conv1d/2d/3d, nn.Linear, '
+                         'SparseConvolution)')
         self.calls: Dict[str, int] = {}
-        self.handles: List[torch.utils.hooks.RemovableHandle] = []
-
-    def __enter__(self) -> 'OperationCounter':
-        if self.handles:
-            raise RuntimeError('this OperationCounter is already active; it cannot be entered twice at once')
-        self.handles = [module.register_forward_hook(partial(self.record, name), with_kwargs=True)
-                        for name, module in self.layers.items()]
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        for handle in self.handles:
-            handle.remove()
-        self.handles = []
 
     @torch.no_grad()
     def record(self, name: str, module: nn.Module, args: tuple, kwargs: dict, output) -> None:

@@ -1,14 +1,14 @@
 """Per-layer firing statistics of the spiking neurons in a model, recorded with forward hooks."""
-from functools import partial
-from typing import Dict, List
+from typing import Dict
 
 import torch
 from torch import nn
 
+from .hooks import LayerHooks
 from .neurons import SpikingNeuron
 
 
-class FiringMonitor:
+class FiringMonitor(LayerHooks):
     """Context manager recording how much every :class:`SpikingNeuron` in a model fires.
 
     Per named neuron layer, over every forward call made inside the context
@@ -34,27 +34,10 @@ class FiringMonitor:
     """
 
     def __init__(self, model: nn.Module):
-        self.neurons = {name or type(module).__name__: module for name, module in model.named_modules()
-                        if isinstance(module, SpikingNeuron)}
-        if not self.neurons:
-            raise ValueError(f'{type(model).__name__} contains no SpikingNeuron to monitor')
-        self.totals: Dict[str, Dict[str, torch.Tensor]] = {}
-        self.handles: List[torch.utils.hooks.RemovableHandle] = []
-
-    def __enter__(self) -> 'FiringMonitor':
-        if self.handles:
-            raise RuntimeError('this FiringMonitor is already active; it cannot be entered twice at once')
-        self.handles = [module.register_forward_hook(partial(self.record, name))
-                        for name, module in self.neurons.items()]
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        for handle in self.handles:
-            handle.remove()
-        self.handles = []
+        super().__init__(model, (SpikingNeuron,), 'SpikingNeuron to monitor')
 
     @torch.no_grad()
-    def record(self, name: str, module: SpikingNeuron, inputs, spikes: torch.Tensor) -> None:
+    def record(self, name: str, module: SpikingNeuron, args: tuple, kwargs: dict, spikes: torch.Tensor) -> None:
         """Forward hook: add one call's counts to ``name``'s totals (kept on the device, no sync)."""
         counts = {
             'elements': spikes.new_tensor(spikes.numel(), dtype=torch.float64),
