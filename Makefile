@@ -44,6 +44,7 @@ test: build system-deps
 
 demo: build system-deps
 	$(PY) demo/image_demo.py --out-dir outputs/demo
+	$(PY) demo/pcd_demo.py --out-dir outputs/demo
 
 bench: build
 	mkdir -p outputs/bench
@@ -52,6 +53,7 @@ bench: build
 	$(PY) tools/benchmark/token_pruning.py --quick --json outputs/bench/token_pruning.json
 	$(PY) tools/benchmark/masked_pretrain.py --quick --json outputs/bench/masked_pretrain.json
 	$(PY) tools/benchmark/spiking.py --quick --json outputs/bench/spiking.json
+	$(PY) tools/benchmark/sparse_unet.py --quick --json outputs/bench/sparse_unet.json
 
 clean:
 	rm -rf build $(EXTENSION) sparsevision/.mim outputs

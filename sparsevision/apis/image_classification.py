@@ -130,6 +130,7 @@ def save_atomically(out_file: Union[str, Path], write, on_done=None) -> Path:
     os.close(handle)
     try:
         write(temporary)
+        os.chmod(temporary, 0o666 & ~current_umask())   # mkstemp makes the file private; give it normal permissions
         os.replace(temporary, out_file)
     finally:
         if os.path.exists(temporary):
@@ -137,3 +138,10 @@ def save_atomically(out_file: Union[str, Path], write, on_done=None) -> Path:
         if on_done is not None:
             on_done()
     return out_file
+
+
+def current_umask() -> int:
+    """The process's file-creation mask (read by setting it and putting it back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

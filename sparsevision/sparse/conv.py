@@ -22,6 +22,12 @@ class SparseConvolution(SparseModule):
     input sites. Deterministic at any thread count; ``groups`` includes
     depthwise (``groups = in_channels``).
 
+    A single-tap convolution that keeps the grid (kernel volume 1, and
+    submanifold or all strides 1) with ``groups=1`` reads its weight memory
+    ``[out, 1, ..., 1, in]`` as an ``[in, out]`` matrix, exactly as spconv 2.x
+    does on its ``conv1x1`` path, so spconv-trained checkpoints (Pointcept's
+    ``proj`` shortcuts, for example) compute the same function here.
+
     Args:
         ndim: spatial axes (1 to 4).
         in_channels, out_channels: feature widths.
@@ -52,6 +58,8 @@ class SparseConvolution(SparseModule):
         self.subm, self.inverse, self.indice_key = subm, inverse, indice_key
         if subm and any(k % 2 == 0 for k in self.kernel_size):
             raise ValueError(f'submanifold convolution needs odd kernel sizes, got {self.kernel_size}')
+        self.reads_weight_as_matrix = (math.prod(self.kernel_size) == 1 and groups == 1
+                                       and (subm or all(step == 1 for step in self.stride)))
         self.weight = nn.Parameter(torch.empty(out_channels, *self.kernel_size, in_channels // groups))
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
         self.reset_parameters()
@@ -76,8 +84,11 @@ class SparseConvolution(SparseModule):
         else:
             kernel_map = convolution_map(x, self.kernel_size, self.stride, self.padding, self.dilation, self.subm,
                                          self.indice_key)
-        taps = math.prod(self.kernel_size)
-        weight = self.weight.reshape(self.out_channels, taps, -1).permute(1, 2, 0).to(x.features.dtype)
+        if self.reads_weight_as_matrix:   # spconv's conv1x1 reading of the same memory
+            weight = self.weight.reshape(1, self.in_channels, self.out_channels).to(x.features.dtype)
+        else:
+            taps = math.prod(self.kernel_size)
+            weight = self.weight.reshape(self.out_channels, taps, -1).permute(1, 2, 0).to(x.features.dtype)
         features = self.convolve(x.features, weight.contiguous(), kernel_map)
         if self.bias is not None:
             features = features + self.bias.to(features.dtype)

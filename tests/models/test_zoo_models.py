@@ -6,6 +6,7 @@ from mmengine.structures import BaseDataElement
 import sparsevision
 from sparsevision.model_zoo import load_config
 from sparsevision.registry import MODELS
+from sparsevision.sparse import grid_shape
 
 ZOO = sparsevision.list_models()
 
@@ -36,11 +37,14 @@ def _random_inputs(model, model_cfg, count: int) -> list:
     """Per-sample inputs the model's data preprocessor takes: images, or voxelised point clouds."""
     if model_cfg.data_preprocessor.type == 'SparseDataPreprocessor':
         channels = model_cfg.backbone.in_channels
+        detector = model_cfg.type == 'CenterPoint'   # runs on the grid its geometry defines
+        grid = list(grid_shape(model_cfg.voxel_size, model_cfg.point_cloud_range)) if detector else [12, 12, 12]
         samples = []
         for _ in range(count):
-            coordinates = torch.unique(torch.randint(0, 12, (300, 3), dtype=torch.int32), dim=0)
+            coordinates = torch.unique(torch.stack([torch.randint(0, size, (300,), dtype=torch.int32)
+                                                    for size in grid], dim=1), dim=0)
             samples.append(dict(coordinates=coordinates, features=torch.rand(coordinates.shape[0], channels),
-                                spatial_shape=[12, 12, 12]))
+                                spatial_shape=grid))
         return samples
     if 'mean' not in model_cfg.data_preprocessor:   # event frames [T, polarity, H, W], used as given
         return [torch.randint(0, 3, (4, model_cfg.backbone.in_channels, 34, 34)).float() for _ in range(count)]
@@ -59,11 +63,16 @@ def test_forward_backward(name):
     segmentor = model_cfg.type == 'SparseSegmentor'
     for sample, sample_inputs in zip(samples, inputs if segmentor else ()):   # one label per site
         sample.gt_seg = torch.randint(0, model_cfg.num_classes, (sample_inputs['coordinates'].shape[0],))
+    detector = model_cfg.type == 'CenterPoint'
+    for sample in samples if detector else ():   # two boxes near the centre of the range
+        sample.gt_bboxes_3d = torch.tensor([[2.0, 1.0, -1.0, 4.5, 1.9, 1.6, 0.3],
+                                            [-6.0, -3.0, -1.0, 4.0, 1.8, 1.5, 2.0]])
+        sample.gt_labels_3d = torch.zeros(2, dtype=torch.long)
     raw = dict(inputs=inputs, data_samples=samples)
     data = model.data_preprocessor(raw, True)
-    losses = model(**data, mode='loss')
-    losses['loss'].backward()
-    assert torch.isfinite(losses['loss'])
+    loss, _ = model.parse_losses(model(**data, mode='loss'))
+    loss.backward()
+    assert torch.isfinite(loss)
     without_grad = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert not without_grad, f'parameters without gradient: {without_grad[:5]}'
     model.eval()
@@ -72,6 +81,8 @@ def test_forward_backward(name):
         assert predictions.shape == data['inputs'].shape
     elif segmentor:
         assert [p.pred_seg.shape for p in predictions] == [s.gt_seg.shape for s in samples]
+    elif detector:
+        assert all(p.pred_instances_3d.bboxes_3d.shape[1] == 7 for p in predictions)
     else:
         classes = model_cfg.head.num_classes
         assert [p.pred_score.shape for p in predictions] == [(classes,), (classes,)]

@@ -25,18 +25,34 @@ def test_spconv_tensor_round_trip():
 
 
 def test_spconv1_checkpoint_loads_and_matches():
+    def build():
+        return sv.SparseSequential(sv.SubMConv3d(3, 4, 3, bias=False), sv.SparseConv3d(4, 5, (3, 1, 3), 2, 1),
+                                   sv.SubMConv3d(5, 6, 1, bias=False)).double()
+
     torch.manual_seed(0)
-    model = sv.SparseSequential(sv.SubMConv3d(3, 4, 3, bias=False), sv.SparseConv3d(4, 5, (3, 1, 3), 2, 1))
-    model.double()
+    model = build()
     old_layout = {key: sv.weight_to_spconv1(value) if key.endswith('weight') else value
                   for key, value in model.state_dict().items()}
-    assert old_layout['0.weight'].shape == (3, 3, 3, 3, 4)
-    fresh = sv.SparseSequential(sv.SubMConv3d(3, 4, 3, bias=False), sv.SparseConv3d(4, 5, (3, 1, 3), 2, 1)).double()
+    assert old_layout['0.weight'].shape == (3, 3, 3, 3, 4) and old_layout['2.weight'].shape == (1, 1, 1, 5, 6)
+    fresh = build()
     fresh.load_state_dict(sv.convert_spconv1_state_dict(fresh, old_layout))
     x = _tensor()
     assert torch.equal(fresh(x).features, model(x).features)
     with pytest.raises(ValueError, match='neither ours'):
         sv.convert_spconv1_state_dict(fresh, {'0.weight': torch.zeros(2, 2)})
+
+
+def test_one_tap_kernels_convert_to_the_matrix_they_apply():
+    """spconv 1.x [1, 1, 1, in, out], Minkowski [1, in, out] and our kernel-1 layer all compute x @ W."""
+    x = _tensor()
+    their_weight = torch.randn(3, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    layer = sv.SubMConv3d(3, 4, 1, bias=False).double()
+    for converted in (sv.weight_from_minkowski(their_weight.unsqueeze(0), (1, 1, 1)),
+                      sv.weight_from_spconv1(their_weight.reshape(1, 1, 1, 3, 4))):
+        layer.weight.data = converted
+        torch.testing.assert_close(layer(x).features, x.features @ their_weight)
+    assert torch.equal(sv.weight_to_minkowski(layer.weight.data), their_weight.unsqueeze(0))
+    assert torch.equal(sv.weight_to_spconv1(layer.weight.data), their_weight.reshape(1, 1, 1, 3, 4))
 
 
 def minkowski_convolution(coordinates_xyz, features, weight, kernel_size_xyz):

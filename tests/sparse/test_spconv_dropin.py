@@ -57,3 +57,32 @@ def test_second_encoder_matches_spconv(mesh_sites, monkeypatch):
     assert our_bev.shape == their_bev.shape
     torch.testing.assert_close(our_bev, their_bev, rtol=1e-4, atol=1e-4)
     assert isinstance(our_sparse, sparsevision.sparse.SparseConvTensor)
+
+
+@pytest.mark.parametrize('layer_name, arguments', [('SubMConv3d', dict(kernel_size=1)),
+                                                   ('SparseConv3d', dict(kernel_size=1, stride=1)),
+                                                   ('SparseConv3d', dict(kernel_size=(1, 1, 1), stride=1))])
+def test_kernel_one_layers_read_their_weight_as_spconv_does(mesh_sites, layer_name, arguments):
+    """spconv 2.x's conv1x1 path reads the [out, 1, 1, 1, in] memory as [in, out]; a checkpoint must mean the same."""
+    spconv = pytest.importorskip('spconv.pytorch')
+    indices, shape = mesh_sites('bunny10k.obj', 32)
+    features = torch.randn(indices.shape[0], 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    theirs = getattr(spconv, layer_name)(5, 7, bias=True, **arguments).double()
+    ours = getattr(sparsevision.sparse, layer_name)(5, 7, bias=True, **arguments).double()
+    ours.load_state_dict(theirs.state_dict())
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)   # spconv's CPU path races with more threads
+    try:
+        expected = theirs(spconv.SparseConvTensor(features, indices, shape, 1))
+    finally:
+        torch.set_num_threads(previous)
+    actual = ours(sparsevision.sparse.SparseTensor(features, indices, shape, 1))
+    torch.testing.assert_close(sorted_by_site(actual), sorted_by_site(expected), rtol=1e-12, atol=1e-12)
+
+
+def sorted_by_site(tensor):
+    """Features in (batch, z, y, x) order (a regular kernel-1 convolution may list its output sites differently)."""
+    keys = [column.long() for column in tensor.indices.unbind(1)]
+    order = sorted(range(len(keys[0])), key=lambda row: tuple(int(key[row]) for key in keys))
+    return tensor.features[order]

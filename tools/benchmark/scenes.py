@@ -1,9 +1,15 @@
-"""Benchmark inputs: a LiDAR-like street scene ray-cast with open3d, voxelised (shared by the benchmark scripts)."""
+"""Benchmark inputs: a LiDAR-like street scene ray-cast with open3d, voxelised (shared by the benchmark scripts).
+
+The mesh helpers live in :mod:`sparsevision.datasets.street_scenes` (shared with the simulated LiDAR dataset); this
+file keeps the benchmark's own fixed street layout, so its scene stays the same across releases.
+"""
 from dataclasses import dataclass
 from typing import List
 
 import numpy as np
 import torch
+
+from sparsevision.datasets.street_scenes import box_mesh, building_row, pole_mesh, spinning_lidar_directions
 
 VOXEL_SIZE_M = 0.1
 
@@ -30,31 +36,16 @@ def voxelise(points: np.ndarray, voxel_size: float, label: str) -> Sites:
 
 def street_meshes(rng: np.random.Generator):
     """Ground, buildings on both sides of a 24 m street, parked and driving cars, and poles (open3d meshes)."""
-    import open3d
-
-    def box(center, size, yaw=0.0):
-        mesh = open3d.geometry.TriangleMesh.create_box(*size)
-        mesh.translate(-np.asarray(size) / 2)
-        mesh.rotate(open3d.geometry.get_rotation_matrix_from_xyz((0.0, 0.0, yaw)), center=(0.0, 0.0, 0.0))
-        return mesh.translate(center)
-
-    def pole(x, y, radius, height):
-        return open3d.geometry.TriangleMesh.create_cylinder(radius, height, resolution=16).translate((x, y, height / 2))
-
-    meshes = [box((0.0, 0.0, -0.05), (160.0, 160.0, 0.1))]
+    meshes = [box_mesh((0.0, 0.0, -0.05), (160.0, 160.0, 0.1))]
     for side in (-1, 1):
-        x = -70.0
-        while x < 70.0:
-            length, depth, height = rng.uniform(8, 20), rng.uniform(8, 15), rng.uniform(6, 20)
-            meshes.append(box((x + length / 2, side * (12 + depth / 2), height / 2), (length, depth, height)))
-            x += length + rng.uniform(2, 6)
+        meshes += building_row(rng, side, setback=12.0)
     for _ in range(40):
         along, lane = rng.uniform(-60, 60), rng.choice([-1, 1]) * rng.choice([2.0, 5.0, 8.5])
         if abs(along) > 8 or abs(lane) > 3:   # keep the sensor's own lane clear
-            meshes.append(box((along, lane, 0.8), (4.5, 1.9, 1.6), rng.normal(0, 0.05)))
+            meshes.append(box_mesh((along, lane, 0.8), (4.5, 1.9, 1.6), rng.normal(0, 0.05)))
     for x in np.arange(-60.0, 61.0, 12.0):
         for side in (-1, 1):
-            meshes.append(pole(x + rng.uniform(-1, 1), side * 10.5, 0.15, 7.0))
+            meshes.append(pole_mesh(x + rng.uniform(-1, 1), side * 10.5, 0.15, 7.0))
     return meshes
 
 
@@ -66,10 +57,7 @@ def street_scene(seed: int = 0, beams: int = 64, azimuths: int = 2048, sensor_x=
     scene = open3d.t.geometry.RaycastingScene()
     for mesh in street_meshes(np.random.default_rng(seed)):
         scene.add_triangles(open3d.t.geometry.TriangleMesh.from_legacy(mesh))
-    elevation, azimuth = np.meshgrid(np.deg2rad(np.linspace(-25, 3, beams)),
-                                     np.linspace(-np.pi, np.pi, azimuths, endpoint=False), indexing='ij')
-    directions = np.stack([np.cos(elevation) * np.cos(azimuth), np.cos(elevation) * np.sin(azimuth),
-                           np.sin(elevation)], axis=-1).reshape(-1, 3)
+    directions = spinning_lidar_directions(beams, azimuths, elevation_deg=(-25.0, 3.0))
     points = []
     for x in sensor_x:
         origins = np.broadcast_to(np.array([x, 0.0, 1.8]), directions.shape)

@@ -1,3 +1,4 @@
+from .center_head import CenterHead
 from .classification_head import ClassificationHead
 
-__all__ = ['ClassificationHead']
+__all__ = ['CenterHead', 'ClassificationHead']

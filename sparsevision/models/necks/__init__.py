@@ -1,3 +1,4 @@
+from .bev_neck import BEVNeck
 from .global_average_pooling import GlobalAveragePooling
 
-__all__ = ['GlobalAveragePooling']
+__all__ = ['BEVNeck', 'GlobalAveragePooling']

@@ -17,6 +17,9 @@ class SparseSegmentor(BaseModel):
 
     Labels come as ``data_sample.gt_seg`` (one per site, in each sample's
     coordinate order); predictions go to ``pred_seg`` (and ``seg_scores``).
+    When a sample carries ``point_to_voxel`` (the site of each input point, -1
+    for points outside the grid, see ``Voxelize``), each point also gets its
+    site's label in ``pred_point_seg`` (-1 for points outside the grid).
 
     Args:
         backbone: config of a backbone returning features on its input sites (e.g. ``E3DSNNUNet``).
@@ -52,5 +55,14 @@ class SparseSegmentor(BaseModel):
             for sample, scores in zip(samples, logits.softmax(dim=1).split(counts)):
                 sample.set_field(scores, 'seg_scores')
                 sample.set_field(scores.argmax(dim=1), 'pred_seg')
+                if 'point_to_voxel' in sample:
+                    sample.set_field(point_labels(sample.pred_seg, sample.point_to_voxel), 'pred_point_seg')
             return samples
         raise ValueError(f"mode must be 'tensor', 'loss' or 'predict', got {mode!r}")
+
+
+def point_labels(site_labels: torch.Tensor, point_to_voxel: torch.Tensor) -> torch.Tensor:
+    """The label of each point's site; -1 for points outside the grid (``point_to_voxel == -1``)."""
+    point_to_voxel = point_to_voxel.to(site_labels.device).long()
+    inside = point_to_voxel >= 0
+    return torch.where(inside, site_labels[point_to_voxel.clamp(min=0)], torch.full_like(point_to_voxel, -1))

@@ -1,0 +1,136 @@
+"""Read point clouds from files into ``[P, 3 + C]`` float32 arrays (x, y, z, then feature columns).
+
+Every format is first read into a table of columns, then ``xyz_columns`` and
+``feature_columns`` pick the output:
+
+* ``.bin``: raw little-endian float32 rows of ``num_columns`` values (KITTI and
+  its followers). Common layouts: KITTI 4 columns (x, y, z, intensity, the
+  default); nuScenes 5 (x, y, z, intensity, ring); the ScanNet / SUN RGB-D
+  copies of mmdetection3d 6 (x, y, z, r, g, b).
+* ``.npy``: a 2-D ``[P, >=3]`` numeric array.
+* ``.ply``, ``.pcd``, ``.xyz`` (read with open3d): x, y, z, then whichever of
+  these the file holds, in this order: colours r, g, b (scaled to [0, 1] when
+  stored as integers), normals nx, ny, nz, intensity. Other attributes are
+  ignored.
+
+Points whose x, y or z is NaN or infinite are dropped with a warning saying how
+many (sensors write them for rays with no return); a file where no point
+remains is an error. Feature columns are not checked.
+"""
+import warnings
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+SUPPORTED_EXTENSIONS = ('.bin', '.npy', '.pcd', '.ply', '.xyz')
+FLOAT32_BYTES = 4
+
+
+def _read_bin(path: Path, num_columns: int) -> np.ndarray:
+    if isinstance(num_columns, bool) or not isinstance(num_columns, (int, np.integer)) or num_columns < 3:
+        raise ValueError(f'num_columns must be an integer >= 3 (x, y, z and features), got {num_columns!r}')
+    size = path.stat().st_size
+    row_bytes = num_columns * FLOAT32_BYTES
+    if size % row_bytes:
+        raise ValueError(f'{path} holds {size} bytes, not a whole number of {num_columns}-column float32 rows '
+                         f'({row_bytes} bytes each): the file is truncated, or it has another number of columns '
+                         '(pass num_columns=, e.g. 5 for nuScenes, 6 for ScanNet / SUN RGB-D copies)')
+    return np.fromfile(path, dtype='<f4').reshape(-1, num_columns)
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    try:
+        table = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as error:
+        raise ValueError(f'{path} is not a readable .npy file ({error}); save the points with '
+                         'numpy.save(path, array) as a [P, 3 + C] float array') from error
+    if table.ndim != 2 or table.shape[1] < 3:
+        raise ValueError(f'{path} holds an array of shape {table.shape}; a point cloud must be [P, 3 + C] '
+                         '(x, y, z, features...)')
+    if table.dtype.kind not in 'fiu':
+        raise ValueError(f'{path} holds a {table.dtype} array; a point cloud must be floating point (or integer)')
+    return table
+
+
+def _read_open3d(path: Path) -> np.ndarray:
+    import open3d
+
+    try:
+        cloud = open3d.t.io.read_point_cloud(str(path))
+    except RuntimeError as error:
+        raise ValueError(f'{path} is not a {path.suffix} file open3d can read ({error})') from error
+    if 'positions' not in cloud.point or len(cloud.point.positions) == 0:
+        raise ValueError(f'{path} holds no points: it is empty, corrupt, or not a {path.suffix} file open3d can '
+                         'read (open3d prints the reason above)')
+    columns = [cloud.point.positions.numpy().astype(np.float64)]
+    for name in ('colors', 'normals', 'intensity'):
+        if name in cloud.point:
+            values = cloud.point[name].numpy()
+            scale = np.iinfo(values.dtype).max if values.dtype.kind in 'iu' else 1
+            columns.append(values.reshape(len(values), -1).astype(np.float64) / scale)
+    return np.concatenate(columns, axis=1)
+
+
+def _select_columns(table: np.ndarray, xyz_columns: Sequence[int], feature_columns: Optional[Sequence[int]],
+                    path: Path) -> np.ndarray:
+    num_columns = table.shape[1]
+    xyz_columns = list(xyz_columns)
+    if feature_columns is None:
+        feature_columns = [column for column in range(num_columns) if column not in xyz_columns]
+    feature_columns = list(feature_columns)
+    if len(xyz_columns) != 3:
+        raise ValueError(f'xyz_columns must name 3 columns (x, y, z), got {xyz_columns}')
+    outside = [column for column in xyz_columns + feature_columns if not 0 <= column < num_columns]
+    if outside:
+        raise ValueError(f'{path} has {num_columns} columns, so column(s) {outside} do not exist; check '
+                         'xyz_columns / feature_columns (and num_columns for .bin files)')
+    return table[:, xyz_columns + feature_columns]
+
+
+def read_points(path, num_columns: int = 4, xyz_columns: Sequence[int] = (0, 1, 2),
+                feature_columns: Optional[Sequence[int]] = None) -> np.ndarray:
+    """Read a point cloud file (see the module docstring for the formats and their columns).
+
+    Args:
+        path: a ``.bin``, ``.npy``, ``.ply``, ``.pcd`` or ``.xyz`` file.
+        num_columns: float32 values per point in a ``.bin`` file (ignored for other formats).
+        xyz_columns: the columns holding x, y, z.
+        feature_columns: the columns kept as features, in order; ``None`` keeps every column that is not
+            x, y or z, ``()`` keeps none.
+
+    Returns:
+        ``[P, 3 + C]`` float32: x, y, z, then the feature columns.
+
+    Raises:
+        FileNotFoundError: if ``path`` does not exist.
+        ValueError: on an unsupported extension, an unreadable, truncated or empty file, a wrongly shaped
+            array, columns that do not exist, or a cloud whose every point has a NaN or infinite coordinate.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f'point cloud file {path} does not exist')
+    if not path.is_file():
+        raise ValueError(f'{path} is not a file; pass a point cloud file ({", ".join(SUPPORTED_EXTENSIONS)})')
+    extension = path.suffix.lower()
+    if extension not in SUPPORTED_EXTENSIONS:
+        raise ValueError(f'{path} has an unsupported extension {path.suffix!r}; supported point cloud files: '
+                         f'{", ".join(SUPPORTED_EXTENSIONS)}')
+    if extension == '.bin':
+        table = _read_bin(path, num_columns)
+    elif extension == '.npy':
+        table = _read_npy(path)
+    else:
+        table = _read_open3d(path)
+    if len(table) == 0:
+        raise ValueError(f'{path} holds no points')
+    points = _select_columns(table, xyz_columns, feature_columns, path).astype(np.float32)
+    finite = np.isfinite(points[:, :3]).all(axis=1)
+    if not finite.all():
+        if not finite.any():
+            raise ValueError(f'all {len(points)} points of {path} have a NaN or infinite x, y or z; check the '
+                             'file and the column options (xyz_columns, num_columns)')
+        warnings.warn(f'{path}: dropped {len(points) - int(finite.sum())} of {len(points)} points with a NaN or '
+                      'infinite x, y or z', stacklevel=2)
+        points = points[finite]
+    return np.ascontiguousarray(points)

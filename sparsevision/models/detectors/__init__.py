@@ -1,0 +1,4 @@
+"""3D object detectors."""
+from .centerpoint import CenterPoint
+
+__all__ = ['CenterPoint']
