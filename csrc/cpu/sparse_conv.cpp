@@ -3,9 +3,12 @@
 // sparse_conv (output-stationary): out[m, o] = sum over taps k (in order) and
 //   input channels i of o's group (in order) of features[neighbors[m, k], i] * weight[k, i_local, o].
 // Every output row is summed by one thread in that fixed order, so results are
-// bitwise identical at any thread count. Two paths, chosen by shape alone:
+// bitwise identical at any thread count. Three paths, chosen by shape alone:
 // groups == 1 with out_channels a multiple of 16 keeps fixed row pairs' accumulators
-// in vector registers (convolve_rows_in_registers); anything else processes rows in
+// in vector registers (convolve_rows_in_registers), or, when the weight is larger than
+// about a quarter of L2, walks fixed blocks of 64 rows tap by tap so each weight slice is
+// reused by the whole block, four rows at a time (convolve_row_blocks; the same per-row
+// sums, bit for bit); anything else processes rows in
 // blocks, handling the rows that have tap k four at a time (convolve_range).
 //
 // sparse_conv_weight_grad: grad_weight[k, i_local, o] = sum over m (in order) of
@@ -209,6 +212,126 @@ SV_VECTOR_CLONES void convolve_rows_in_registers(const scalar_t* features, const
   }
 }
 
+// Wide layers (the weight over about a quarter of L2, see use_row_blocks): the same per-row sums as
+// convolve_rows_in_registers, in another loop order. Fixed blocks of kWideRowBlock output rows keep their
+// accumulators in a small buffer; for each tap k and Chunk output channels, the weight slice serves every row of the
+// block that has tap k, four rows at a time (so each weight vector is loaded once for four rows). With enough rows
+// (kPackRows) the weight is first repacked as [taps][out / Chunk][in][Chunk] and also split into kInputBlock input
+// channels, so each slice is contiguous and stays in L1; with few rows the repack would cost more than it saves and
+// the kernel reads the [taps][in][out] weight as it is. Each row still adds taps in order and, within a tap, input
+// channels in order, one multiply-add per channel as in the other path (the accumulators are stored and reloaded
+// exactly between input-channel blocks, and rows never mix), so results are bitwise identical to it whatever rows
+// are grouped together and whichever weight layout is read.
+constexpr int64_t kWideRowBlock = 64;
+constexpr int64_t kPackRows = 4096;
+// Input channels per weight slice: one [kInputBlock, Chunk] slice of float32 is 16 KB, so it stays in L1.
+constexpr int64_t kWideSliceBytes = 16 * 1024;
+
+template <int Vectors, typename acc_t>
+inline __attribute__((always_inline)) void accumulate_row_quad(const acc_t* const* x, const acc_t* w,
+                                                               int64_t in_channels, int64_t stride,
+                                                               Vector<acc_t> (*acc)[Vectors]) {
+  for (int64_t i = 0; i < in_channels; ++i) {
+    const acc_t v0 = x[0][i], v1 = x[1][i], v2 = x[2][i], v3 = x[3][i];
+    const acc_t* w_row = w + i * stride;
+    for (int c = 0; c < Vectors; ++c) {
+      const Vector<acc_t> weights = load_vector(w_row + c * kLanes<acc_t>);
+      acc[0][c] += v0 * weights;
+      acc[1][c] += v1 * weights;
+      acc[2][c] += v2 * weights;
+      acc[3][c] += v3 * weights;
+    }
+  }
+}
+
+template <int Chunk, typename scalar_t, typename acc_t>
+SV_VECTOR_CLONES void convolve_row_blocks(const scalar_t* features, const acc_t* weight, const int32_t* neighbors,
+                                          scalar_t* out, const ConvShape* shape, bool packed,
+                                          int64_t first_block, int64_t last_block) {
+  const int64_t taps = shape->taps, in_channels = shape->in_channels, out_channels = shape->out_channels;
+  const int64_t chunks = out_channels / Chunk;
+  constexpr bool convert = !std::is_same_v<scalar_t, acc_t>;
+  constexpr int kVectors = Chunk / kLanes<acc_t>;
+  const int64_t input_block = packed ? kWideSliceBytes / (Chunk * int64_t(sizeof(acc_t))) : in_channels;
+  const int64_t stride = packed ? Chunk : out_channels;   // packed weight: [taps][out / Chunk][in][Chunk]
+  std::vector<acc_t> acc(kWideRowBlock * out_channels);
+  std::vector<acc_t> converted(convert ? kWideRowBlock * in_channels : 0);
+  for (int64_t block = first_block; block < last_block; ++block) {
+    const int64_t first = block * kWideRowBlock, rows = std::min(shape->outputs, first + kWideRowBlock) - first;
+    std::fill(acc.begin(), acc.begin() + rows * out_channels, acc_t(0));
+    for (int64_t k = 0; k < taps; ++k) {
+      int count = 0;
+      int row[kWideRowBlock];
+      const acc_t* x[kWideRowBlock];
+      for (int r = 0; r < rows; ++r) {
+        const int32_t n = neighbors[(first + r) * taps + k];
+        if (n < 0) continue;
+        const scalar_t* source = features + int64_t(n) * in_channels;
+        if constexpr (convert) {
+          acc_t* target = converted.data() + count * in_channels;
+          for (int64_t i = 0; i < in_channels; ++i) target[i] = static_cast<acc_t>(source[i]);
+          x[count] = target;
+        } else {
+          x[count] = source;
+        }
+        row[count++] = r;
+      }
+      if (count == 0) continue;
+      for (int64_t c = 0; c < chunks; ++c) {
+        const acc_t* w_chunk = packed ? weight + (k * chunks + c) * in_channels * Chunk
+                                      : weight + k * in_channels * out_channels + c * Chunk;
+        for (int64_t i0 = 0; i0 < in_channels; i0 += input_block) {
+          const int64_t width = std::min(input_block, in_channels - i0);
+          const acc_t* w = w_chunk + i0 * stride;
+          int start = 0;
+          for (; start + 4 <= count; start += 4) {
+            Vector<acc_t> a[4][kVectors];
+            const acc_t* xs[4];
+            for (int q = 0; q < 4; ++q) {
+              const acc_t* source = acc.data() + row[start + q] * out_channels + c * Chunk;
+              for (int v = 0; v < kVectors; ++v) a[q][v] = load_vector(source + v * kLanes<acc_t>);
+              xs[q] = x[start + q] + i0;
+            }
+            accumulate_row_quad<kVectors>(xs, w, width, stride, a);
+            for (int q = 0; q < 4; ++q) {
+              acc_t* target = acc.data() + row[start + q] * out_channels + c * Chunk;
+              for (int v = 0; v < kVectors; ++v) std::memcpy(target + v * kLanes<acc_t>, &a[q][v], sizeof(a[q][v]));
+            }
+          }
+          for (; start < count; start += 2) {
+            Vector<acc_t> a0[kVectors], a1[kVectors];
+            acc_t* t0 = acc.data() + row[start] * out_channels + c * Chunk;
+            for (int v = 0; v < kVectors; ++v) a0[v] = load_vector(t0 + v * kLanes<acc_t>);
+            if (start + 1 < count) {
+              acc_t* t1 = acc.data() + row[start + 1] * out_channels + c * Chunk;
+              for (int v = 0; v < kVectors; ++v) a1[v] = load_vector(t1 + v * kLanes<acc_t>);
+              accumulate_row_pair<kVectors>(x[start] + i0, x[start + 1] + i0, w, width, stride, a0, a1);
+              for (int v = 0; v < kVectors; ++v) std::memcpy(t1 + v * kLanes<acc_t>, &a1[v], sizeof(a1[v]));
+            } else {
+              accumulate_row<kVectors>(x[start] + i0, w, width, stride, a0);
+            }
+            for (int v = 0; v < kVectors; ++v) std::memcpy(t0 + v * kLanes<acc_t>, &a0[v], sizeof(a0[v]));
+          }
+        }
+      }
+    }
+    for (int64_t r = 0; r < rows; ++r) {
+      const acc_t* source = acc.data() + r * out_channels;
+      scalar_t* target = out + (first + r) * out_channels;
+      for (int64_t o = 0; o < out_channels; ++o) target[o] = static_cast<scalar_t>(source[o]);
+    }
+  }
+}
+
+// The blocked path pays off once the weight is over about a quarter of L2 (measured on Zen 4: faster from
+// 64 x 64 channels with 27 taps on, slower at 32 x 32); chosen by shape alone.
+constexpr int64_t kWideWeightBytes = 256 * 1024;
+
+template <typename acc_t>
+bool use_row_blocks(const ConvShape& shape) {
+  return shape.taps * shape.in_channels * shape.out_channels * int64_t(sizeof(acc_t)) > kWideWeightBytes;
+}
+
 ConvShape conv_shape(const at::Tensor& features, const at::Tensor& weight, const at::Tensor& neighbors,
                      int64_t groups) {
   return ConvShape{neighbors.size(0), neighbors.size(1), features.size(1), weight.size(2), groups,
@@ -236,7 +359,38 @@ at::Tensor sparse_conv_cpu(const at::Tensor& features_in, const at::Tensor& weig
         kernel(x, w, map, y, &shape, begin, end);
       });
     };
-    if (groups == 1 && shape.out_channels % 64 == 0) {
+    auto in_row_blocks = [&](auto kernel, int64_t chunk) {
+      // With enough rows, the weight repacked as [taps][out / chunk][in][chunk]: each (tap, chunk) slice contiguous.
+      const bool pack = shape.outputs >= kPackRows;
+      at::Tensor packed = weight;
+      if (pack) {
+        packed = at::empty_like(weight);
+        const acc_t* source = weight.data_ptr<acc_t>();
+        acc_t* target = packed.data_ptr<acc_t>();
+        const int64_t chunks = shape.out_channels / chunk, in_channels = shape.in_channels;
+        at::parallel_for(0, shape.taps * in_channels, 64, [&](int64_t begin, int64_t end) {
+          for (int64_t row = begin; row < end; ++row) {   // row = k * in + i
+            const int64_t k = row / in_channels, i = row % in_channels;
+            for (int64_t c = 0; c < chunks; ++c) {
+              std::memcpy(target + ((k * chunks + c) * in_channels + i) * chunk,
+                          source + row * shape.out_channels + c * chunk, chunk * sizeof(acc_t));
+            }
+          }
+        });
+      }
+      const acc_t* p = packed.data_ptr<acc_t>();
+      at::parallel_for(0, at::divup(shape.outputs, kWideRowBlock), 1, [&](int64_t begin, int64_t end) {
+        kernel(x, p, map, y, &shape, pack, begin, end);
+      });
+    };
+    const bool wide = groups == 1 && shape.out_channels % 16 == 0 && use_row_blocks<acc_t>(shape);
+    if (wide && shape.out_channels % 64 == 0) {
+      in_row_blocks(convolve_row_blocks<64, scalar_t, acc_t>, 64);
+    } else if (wide && shape.out_channels % 32 == 0) {
+      in_row_blocks(convolve_row_blocks<32, scalar_t, acc_t>, 32);
+    } else if (wide) {
+      in_row_blocks(convolve_row_blocks<16, scalar_t, acc_t>, 16);
+    } else if (groups == 1 && shape.out_channels % 64 == 0) {
       in_registers(convolve_rows_in_registers<64, scalar_t, acc_t>);
     } else if (groups == 1 && shape.out_channels % 32 == 0) {
       in_registers(convolve_rows_in_registers<32, scalar_t, acc_t>);
@@ -300,55 +454,94 @@ SV_VECTOR_CLONES void weight_grad_range(const scalar_t* features, const scalar_t
   }
 }
 
-// groups == 1 and out_channels a multiple of Chunk: one task per (tap, Chunk output channels). The tap's pairs
-// are walked in tiles whose input and gradient rows are first copied next to each other (so they stay in L1);
-// for every 4 input channels the 4 x Chunk gradient block is held in registers over the tile. Each element
-// still sums the pairs in list order, and the path is chosen by shape alone, so results are deterministic.
+// groups == 1 and out_channels a multiple of Chunk: one task per (tap, group of up to kGroupWidth output
+// channels; single Chunks for taps < 4, so kernel-1 layers still split). The tap's pairs are walked in tiles of
+// kTile: their input rows are gathered once for the whole group, in groups of 4 channels ([channel / 4][pair][4], so
+// a register block reads them sequentially), and their gradient rows per Chunk ([chunk][pair][Chunk], contiguous);
+// the next tile's rows are prefetched meanwhile. For every 4 input channels the 4 x Chunk block of the tap's gradient
+// is held in registers over the tile, loaded from and stored to grad_weight itself (zero before the first tile).
+// Each element sums the pairs in list order, and every element is written, so results are deterministic whatever
+// the split and grad_weight needs no zero fill.
+constexpr int64_t kGroupWidth = 256;
+
 template <int Chunk, typename scalar_t, typename acc_t>
 SV_VECTOR_CLONES void weight_grad_in_registers(const scalar_t* features, const scalar_t* grad_output,
                                                const PairsByTap* pairs, acc_t* grad_weight, const ConvShape* shape,
-                                               int64_t begin, int64_t end) {
+                                               int64_t group_chunks, int64_t begin, int64_t end) {
   constexpr int kInputs = 4, kTile = 64;
   constexpr int kVectors = Chunk / kLanes<acc_t>;
   const int64_t in_channels = shape->in_channels, out_channels = shape->out_channels;
   const int64_t padded_inputs = (in_channels + kInputs - 1) / kInputs * kInputs;
-  const int64_t chunks = out_channels / Chunk;
-  std::vector<acc_t> inputs_tile(kTile * padded_inputs, acc_t(0));
-  std::vector<acc_t> gradients_tile(kTile * Chunk);
-  std::vector<acc_t> block(padded_inputs * Chunk);
+  const int64_t chunks = out_channels / Chunk, groups_per_tap = (chunks + group_chunks - 1) / group_chunks;
+  std::vector<acc_t> inputs_tile(padded_inputs * kTile, acc_t(0));
+  std::vector<acc_t> gradients_tile(group_chunks * kTile * Chunk);
   for (int64_t task = begin; task < end; ++task) {
-    const int64_t k = task / chunks, o0 = task % chunks * Chunk;
-    std::fill(block.begin(), block.end(), acc_t(0));
-    for (int64_t first = pairs->offsets[k]; first < pairs->offsets[k + 1]; first += kTile) {
-      const int tile = static_cast<int>(std::min<int64_t>(kTile, pairs->offsets[k + 1] - first));
+    const int64_t k = task / groups_per_tap, c0 = task % groups_per_tap * group_chunks;
+    const int64_t group = std::min(group_chunks, chunks - c0);
+    acc_t* dw = grad_weight + k * in_channels * out_channels + c0 * Chunk;
+    const int64_t tap_begin = pairs->offsets[k], tap_end = pairs->offsets[k + 1];
+    if (tap_begin == tap_end) {
+      for (int64_t i = 0; i < in_channels; ++i) {
+        std::fill(dw + i * out_channels, dw + i * out_channels + group * Chunk, acc_t(0));
+      }
+      continue;
+    }
+    for (int64_t first = tap_begin; first < tap_end; first += kTile) {
+      const int tile = static_cast<int>(std::min<int64_t>(kTile, tap_end - first));
       for (int t = 0; t < tile; ++t) {
         const scalar_t* x = features + int64_t(pairs->inputs[first + t]) * in_channels;
-        const scalar_t* dy = grad_output + int64_t(pairs->outputs[first + t]) * out_channels + o0;
-        for (int64_t i = 0; i < in_channels; ++i) inputs_tile[t * padded_inputs + i] = static_cast<acc_t>(x[i]);
-        for (int j = 0; j < Chunk; ++j) gradients_tile[t * Chunk + j] = static_cast<acc_t>(dy[j]);
-      }
-      for (int64_t i0 = 0; i0 < padded_inputs; i0 += kInputs) {
-        Vector<acc_t> acc[kInputs][kVectors];
-        for (int r = 0; r < kInputs; ++r) {
-          for (int c = 0; c < kVectors; ++c) acc[r][c] = load_vector(&block[(i0 + r) * Chunk + c * kLanes<acc_t>]);
-        }
-        for (int t = 0; t < tile; ++t) {
-          const acc_t* x = inputs_tile.data() + t * padded_inputs + i0;
-          Vector<acc_t> dy[kVectors];
-          for (int c = 0; c < kVectors; ++c) dy[c] = load_vector(&gradients_tile[t * Chunk + c * kLanes<acc_t>]);
-          for (int r = 0; r < kInputs; ++r) {
-            for (int c = 0; c < kVectors; ++c) acc[r][c] += x[r] * dy[c];
+        const scalar_t* dy = grad_output + int64_t(pairs->outputs[first + t]) * out_channels + c0 * Chunk;
+        int64_t i0 = 0;   // kInputs channels at a time (GCC would vectorize an element loop into scatters)
+        if constexpr (std::is_same_v<scalar_t, acc_t>) {
+          for (; i0 + kInputs <= in_channels; i0 += kInputs) {
+            std::memcpy(&inputs_tile[i0 * kTile + t * kInputs], x + i0, kInputs * sizeof(acc_t));
           }
         }
-        for (int r = 0; r < kInputs; ++r) {
-          for (int c = 0; c < kVectors; ++c) {
-            std::memcpy(&block[(i0 + r) * Chunk + c * kLanes<acc_t>], &acc[r][c], sizeof(acc[r][c]));
+        for (; i0 < in_channels; i0 += kInputs) {
+          acc_t values[kInputs] = {};
+          for (int r = 0; r < kInputs && i0 + r < in_channels; ++r) values[r] = static_cast<acc_t>(x[i0 + r]);
+          std::memcpy(&inputs_tile[i0 * kTile + t * kInputs], values, sizeof(values));
+        }
+        for (int64_t c = 0; c < group; ++c) {
+          for (int j = 0; j < Chunk; ++j) {
+            gradients_tile[(c * kTile + t) * Chunk + j] = static_cast<acc_t>(dy[c * Chunk + j]);
           }
         }
       }
-    }
-    for (int64_t i = 0; i < in_channels; ++i) {
-      std::memcpy(grad_weight + (k * in_channels + i) * out_channels + o0, &block[i * Chunk], Chunk * sizeof(acc_t));
+      const int64_t next_end = std::min(tap_end, first + 2 * kTile);
+      for (int64_t q = first + kTile; q < next_end; ++q) {
+        const char* x = reinterpret_cast<const char*>(features + int64_t(pairs->inputs[q]) * in_channels);
+        const char* dy = reinterpret_cast<const char*>(grad_output + int64_t(pairs->outputs[q]) * out_channels +
+                                                       c0 * Chunk);
+        for (int64_t b = 0; b < in_channels * int64_t(sizeof(scalar_t)); b += 64) __builtin_prefetch(x + b);
+        for (int64_t b = 0; b < group * Chunk * int64_t(sizeof(scalar_t)); b += 64) __builtin_prefetch(dy + b);
+      }
+      for (int64_t c = 0; c < group; ++c) {
+        const acc_t* gradients = gradients_tile.data() + c * kTile * Chunk;
+        for (int64_t i0 = 0; i0 < padded_inputs; i0 += kInputs) {
+          const int valid = static_cast<int>(std::min<int64_t>(kInputs, in_channels - i0));
+          acc_t* target = dw + i0 * out_channels + c * Chunk;
+          Vector<acc_t> acc[kInputs][kVectors] = {};
+          if (first != tap_begin) {
+            for (int r = 0; r < valid; ++r) {
+              for (int v = 0; v < kVectors; ++v) acc[r][v] = load_vector(target + r * out_channels + v * kLanes<acc_t>);
+            }
+          }
+          const acc_t* x = inputs_tile.data() + i0 * kTile;   // [pair][kInputs]
+          for (int t = 0; t < tile; ++t) {
+            Vector<acc_t> dy[kVectors];
+            for (int v = 0; v < kVectors; ++v) dy[v] = load_vector(&gradients[t * Chunk + v * kLanes<acc_t>]);
+            for (int r = 0; r < kInputs; ++r) {
+              for (int v = 0; v < kVectors; ++v) acc[r][v] += x[t * kInputs + r] * dy[v];
+            }
+          }
+          for (int r = 0; r < valid; ++r) {
+            for (int v = 0; v < kVectors; ++v) {
+              std::memcpy(target + r * out_channels + v * kLanes<acc_t>, &acc[r][v], sizeof(acc[r][v]));
+            }
+          }
+        }
+      }
     }
   }
 }
@@ -367,26 +560,31 @@ at::Tensor sparse_conv_weight_grad_cpu(const at::Tensor& features_in, const at::
   at::Tensor result;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, features.scalar_type(), "sparse_conv_wgrad_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    at::Tensor grad_weight = at::zeros({taps, in_per_group, shape.out_channels},
-                                       features.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+    const bool in_registers = groups == 1 && shape.out_channels % 16 == 0;
+    const auto options = features.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
+    // The register-blocked path writes every element itself.
+    const std::vector<int64_t> sizes{taps, in_per_group, shape.out_channels};
+    at::Tensor grad_weight = in_registers && in_per_group > 0 ? at::empty(sizes, options) : at::zeros(sizes, options);
     const int64_t channel_blocks = std::max<int64_t>(1, (in_per_group + kChannelBlock - 1) / kChannelBlock);
     if (in_per_group > 0) {
       const PairsByTap pairs(neighbors.data_ptr<int32_t>(), shape.outputs, taps);
       const scalar_t* x = features.data_ptr<scalar_t>();
       const scalar_t* dy = grad_output.data_ptr<scalar_t>();
       acc_t* dw = grad_weight.data_ptr<acc_t>();
-      auto in_registers = [&](auto kernel, int64_t chunk) {
-        const int64_t tasks = taps * (shape.out_channels / chunk);
+      auto run = [&](auto kernel, int64_t chunk) {
+        const int64_t chunks = shape.out_channels / chunk;
+        const int64_t group_chunks = taps < 4 ? 1 : std::max<int64_t>(1, std::min(chunks, kGroupWidth / chunk));
+        const int64_t tasks = taps * ((chunks + group_chunks - 1) / group_chunks);
         at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
-          kernel(x, dy, &pairs, dw, &shape, begin, end);
+          kernel(x, dy, &pairs, dw, &shape, group_chunks, begin, end);
         });
       };
-      if (groups == 1 && shape.out_channels % 64 == 0) {
-        in_registers(weight_grad_in_registers<64, scalar_t, acc_t>, 64);
-      } else if (groups == 1 && shape.out_channels % 32 == 0) {
-        in_registers(weight_grad_in_registers<32, scalar_t, acc_t>, 32);
-      } else if (groups == 1 && shape.out_channels % 16 == 0) {
-        in_registers(weight_grad_in_registers<16, scalar_t, acc_t>, 16);
+      if (in_registers && shape.out_channels % 64 == 0) {
+        run(weight_grad_in_registers<64, scalar_t, acc_t>, 64);
+      } else if (in_registers && shape.out_channels % 32 == 0) {
+        run(weight_grad_in_registers<32, scalar_t, acc_t>, 32);
+      } else if (in_registers) {
+        run(weight_grad_in_registers<16, scalar_t, acc_t>, 16);
       } else {
         at::parallel_for(0, taps * channel_blocks, 1, [&](int64_t begin, int64_t end) {
           weight_grad_range<scalar_t, acc_t>(x, dy, &pairs, dw, &shape, channel_blocks, begin, end);

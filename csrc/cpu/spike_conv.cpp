@@ -14,11 +14,15 @@
 //    tap, then channel order. The group's lists are consumed in lockstep: independent accumulator chains hide the
 //    add and load latency, with Chunk-wide accumulators in registers. Rows are grouped by number, not by the thread
 //    split, so results are bitwise identical at any thread count.
+//    Finished float32 rows go to memory with non-temporal stores where AVX-512 is available.
+// 3. Kernel-map entries are range-checked as the rows read them (not in a pass of their own); a bad entry is skipped
+//    and the op raises after the parallel loop, so nothing out of range is ever read.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <vector>
 
@@ -39,7 +43,7 @@ constexpr int64_t kSlack = 16;  // list entries that may be written past a list'
 typedef int32_t OffsetVector __attribute__((vector_size(64)));  // 16 weight-row offsets
 
 struct SpikeShape {
-  int64_t outputs, taps, in_channels, out_channels;
+  int64_t inputs, outputs, taps, in_channels, out_channels;
 };
 
 // Writes the non-zero entries of one row: weight-row offsets i * out_channels and their values; clears *binary when
@@ -83,6 +87,33 @@ __attribute__((target("avx512f"))) int64_t compress_row_avx512(const float* row,
   return count;
 }
 #endif
+
+#if defined(__GNUC__) && defined(__x86_64__)
+// Writes count (a multiple of 16) floats to a 64-byte aligned target with non-temporal stores: the output is
+// written once and not read back here, so its cache lines need not be fetched first (a third less memory traffic).
+__attribute__((target("avx512f"))) void stream_floats(float* target, const float* source, int64_t count) {
+  for (int64_t i = 0; i < count; i += 16) _mm512_stream_ps(target + i, _mm512_loadu_ps(source + i));
+}
+#endif
+
+// Orders the streamed stores before anything that follows (the join of the parallel loop).
+inline void finish_streamed_stores() {
+#if defined(__GNUC__) && defined(__x86_64__)
+  _mm_sfence();
+#endif
+}
+
+// True when rows of Chunk outputs at out can be written by stream_floats (float32, AVX-512, 64-byte aligned rows).
+template <int Chunk, typename scalar_t>
+bool can_stream_output(const scalar_t* out, int64_t out_channels) {
+#if defined(__GNUC__) && defined(__x86_64__)
+  if constexpr (std::is_same_v<scalar_t, float> && Chunk % 16 == 0) {
+    static const bool has_avx512 = __builtin_cpu_supports("avx512f");
+    return has_avx512 && reinterpret_cast<uintptr_t>(out) % 64 == 0 && out_channels % 16 == 0;
+  }
+#endif
+  return false;
+}
 
 // The non-zero spikes of every input site, as weight-row offsets and values: site n's are row_offsets[n][0, counts[n])
 // (values likewise). One pass over the spikes: blocks of kSiteBlock sites are compressed into a scratch buffer, then
@@ -145,14 +176,18 @@ struct SiteSpikes {
 };
 
 // Row m's events in sum order: each present tap's site list with the tap's weight offset added; returns the count.
+// Entries that are neither -1 nor an input row are skipped and set *bad_entry.
 template <bool Binary, typename scalar_t>
 inline __attribute__((always_inline)) int64_t list_events(const SiteSpikes<scalar_t>& sites,
                                                           const int32_t* row_neighbors, const SpikeShape& shape,
-                                                          int32_t* offsets, scalar_t* values) {
+                                                          int32_t* offsets, scalar_t* values, bool* bad_entry) {
   int64_t count = 0;
   for (int64_t k = 0; k < shape.taps; ++k) {
     const int32_t n = row_neighbors[k];
-    if (n < 0) continue;
+    if (n < 0 || n >= shape.inputs) {
+      *bad_entry |= n != -1;
+      continue;
+    }
     const int32_t tap_base = static_cast<int32_t>(k * shape.in_channels * shape.out_channels);
     const int32_t* source = sites.row_offsets[n];
     const int64_t length = sites.counts[n];
@@ -188,7 +223,8 @@ constexpr int kLockstepRows = Chunk / kLanes<scalar_t> <= 4 ? 4 : 2;
 template <int Chunk, bool Binary, typename scalar_t>
 SV_VECTOR_CLONES void spike_rows_in_registers(const SiteSpikes<scalar_t>* sites, const scalar_t* weight,
                                               const int32_t* neighbors, scalar_t* out, const SpikeShape* shape,
-                                              int64_t first_group, int64_t last_group) {
+                                              int64_t first_group, int64_t last_group, bool* bad_entry,
+                                              bool stream) {
   constexpr int kVectors = Chunk / kLanes<scalar_t>;
   constexpr int kRows = kLockstepRows<Chunk, scalar_t>;
   static_assert(Chunk % kLanes<scalar_t> == 0, "Chunk must be a whole number of vectors");
@@ -201,7 +237,8 @@ SV_VECTOR_CLONES void spike_rows_in_registers(const SiteSpikes<scalar_t>* sites,
     int64_t counts[kRows] = {};
     for (int r = 0; r < rows; ++r) {
       counts[r] = list_events<Binary>(*sites, neighbors + (m + r) * shape->taps, *shape,
-                                      offsets.data() + r * capacity, Binary ? nullptr : values.data() + r * capacity);
+                                      offsets.data() + r * capacity, Binary ? nullptr : values.data() + r * capacity,
+                                      bad_entry);
     }
     const int64_t common = rows == kRows ? *std::min_element(counts, counts + kRows) : 0;
     for (int64_t o0 = 0; o0 < out_channels; o0 += Chunk) {
@@ -217,9 +254,16 @@ SV_VECTOR_CLONES void spike_rows_in_registers(const SiteSpikes<scalar_t>* sites,
           add_event<kVectors, Binary>(weight + offsets[r * capacity + e] + o0,
                                       Binary ? scalar_t(1) : values[r * capacity + e], acc[r]);
         }
-        for (int c = 0; c < kVectors; ++c) {
-          std::memcpy(out + (m + r) * out_channels + o0 + c * kLanes<scalar_t>, &acc[r][c], sizeof(acc[r][c]));
+        scalar_t* target = out + (m + r) * out_channels + o0;
+#if defined(__GNUC__) && defined(__x86_64__)
+        if constexpr (std::is_same_v<scalar_t, float>) {
+          if (stream) {
+            stream_floats(target, reinterpret_cast<const float*>(acc[r]), Chunk);
+            continue;
+          }
         }
+#endif
+        std::memcpy(target, acc[r], sizeof(acc[r]));
       }
     }
   }
@@ -228,13 +272,13 @@ SV_VECTOR_CLONES void spike_rows_in_registers(const SiteSpikes<scalar_t>* sites,
 // Any out_channels: one row at a time, accumulators in memory, the same order.
 template <bool Binary, typename scalar_t>
 SV_VECTOR_CLONES void spike_rows(const SiteSpikes<scalar_t>* sites, const scalar_t* weight, const int32_t* neighbors,
-                                 scalar_t* out, const SpikeShape* shape, int64_t begin, int64_t end) {
+                                 scalar_t* out, const SpikeShape* shape, int64_t begin, int64_t end, bool* bad_entry) {
   const int64_t capacity = shape->taps * shape->in_channels + kSlack, out_channels = shape->out_channels;
   std::vector<int32_t> offsets(capacity);
   std::vector<scalar_t> values(capacity, scalar_t(1));
   for (int64_t m = begin; m < end; ++m) {
     const int64_t count = list_events<Binary>(*sites, neighbors + m * shape->taps, *shape, offsets.data(),
-                                              values.data());
+                                              values.data(), bad_entry);
     scalar_t* acc = out + m * out_channels;
     std::fill(acc, acc + out_channels, scalar_t(0));
     for (int64_t e = 0; e < count; ++e) {
@@ -252,12 +296,15 @@ at::Tensor spike_sparse_conv_cpu(const at::Tensor& spikes_in, const at::Tensor& 
                     "spike_sparse_conv: spikes must be float32 or float64, got ", spikes_in.scalar_type());
   const at::Tensor spikes = spikes_in.contiguous(), weight = weight_in.contiguous();
   const at::Tensor neighbors = neighbors_in.contiguous();
-  check_neighbor_range(neighbors, spikes.size(0), "spike_sparse_conv");
-  const SpikeShape shape{neighbors.size(0), neighbors.size(1), spikes.size(1), weight.size(2)};
+  const SpikeShape shape{spikes.size(0), neighbors.size(0), neighbors.size(1), spikes.size(1), weight.size(2)};
   TORCH_CHECK_VALUE(shape.taps * shape.in_channels * shape.out_channels < (int64_t(1) << 31),
                     "spike_sparse_conv: weight has 2^31 elements or more; use sparse_conv");
   at::Tensor out = at::empty({shape.outputs, shape.out_channels}, spikes.options());
-  if (out.numel() == 0) return out;
+  if (out.numel() == 0) {
+    check_neighbor_range(neighbors, spikes.size(0), "spike_sparse_conv");
+    return out;
+  }
+  std::atomic<bool> bad_entries{false};
   AT_DISPATCH_FLOATING_TYPES(spikes.scalar_type(), "spike_sparse_conv_cpu", [&] {
     const SiteSpikes<scalar_t> sites(spikes.data_ptr<scalar_t>(), spikes.size(0), shape.in_channels,
                                      shape.out_channels);
@@ -266,19 +313,29 @@ at::Tensor spike_sparse_conv_cpu(const at::Tensor& spikes_in, const at::Tensor& 
     scalar_t* y = out.data_ptr<scalar_t>();
     auto run = [&](auto binary) {
       constexpr bool kBinary = decltype(binary)::value;
-      auto in_registers = [&](auto kernel, int rows_at_once) {
+      auto in_registers = [&](auto kernel, int rows_at_once, bool stream) {
         at::parallel_for(0, at::divup(shape.outputs, int64_t(rows_at_once)), kRowBlock / rows_at_once,
-                         [&](int64_t begin, int64_t end) { kernel(&sites, w, map, y, &shape, begin, end); });
+                         [&](int64_t begin, int64_t end) {
+                           bool bad_entry = false;
+                           kernel(&sites, w, map, y, &shape, begin, end, &bad_entry, stream);
+                           if (stream) finish_streamed_stores();
+                           if (bad_entry) bad_entries = true;
+                         });
       };
       if (shape.out_channels % 64 == 0) {
-        in_registers(spike_rows_in_registers<64, kBinary, scalar_t>, kLockstepRows<64, scalar_t>);
+        in_registers(spike_rows_in_registers<64, kBinary, scalar_t>, kLockstepRows<64, scalar_t>,
+                     can_stream_output<64>(y, shape.out_channels));
       } else if (shape.out_channels % 32 == 0) {
-        in_registers(spike_rows_in_registers<32, kBinary, scalar_t>, kLockstepRows<32, scalar_t>);
+        in_registers(spike_rows_in_registers<32, kBinary, scalar_t>, kLockstepRows<32, scalar_t>,
+                     can_stream_output<32>(y, shape.out_channels));
       } else if (shape.out_channels % 16 == 0) {
-        in_registers(spike_rows_in_registers<16, kBinary, scalar_t>, kLockstepRows<16, scalar_t>);
+        in_registers(spike_rows_in_registers<16, kBinary, scalar_t>, kLockstepRows<16, scalar_t>,
+                     can_stream_output<16>(y, shape.out_channels));
       } else {
         at::parallel_for(0, shape.outputs, kRowBlock, [&](int64_t begin, int64_t end) {
-          spike_rows<kBinary, scalar_t>(&sites, w, map, y, &shape, begin, end);
+          bool bad_entry = false;
+          spike_rows<kBinary, scalar_t>(&sites, w, map, y, &shape, begin, end, &bad_entry);
+          if (bad_entry) bad_entries = true;
         });
       }
     };
@@ -288,6 +345,7 @@ at::Tensor spike_sparse_conv_cpu(const at::Tensor& spikes_in, const at::Tensor& 
       run(std::false_type{});
     }
   });
+  if (bad_entries.load()) check_neighbor_range(neighbors, spikes.size(0), "spike_sparse_conv");  // raises
   return out;
 }
 

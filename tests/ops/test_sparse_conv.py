@@ -102,9 +102,13 @@ def test_opcheck():
                                                                         requires_grad=True), neighbors, inverse, 2))
 
 
-@pytest.mark.parametrize('out_per_group', [64, 24])   # the register-blocked path and the generic one
-def test_bitwise_identical_across_threads(out_per_group):
-    features, weight, neighbors, inverse = make_case(4000, [20, 20, 20], 1, 32, out_per_group, torch.float32)
+# (sites, in, out): register-blocked rows (32 x 64 channels), generic (24 outputs), and the wide row-block path
+# (weight over 256 KB) reading the weight as it is (< 4096 rows) and repacked (>= 4096 rows).
+@pytest.mark.parametrize('count, in_per_group, out_per_group', [(4000, 32, 64), (4000, 32, 24), (4000, 32, 256),
+                                                                 (1500, 96, 96), (4500, 96, 96), (4500, 64, 64)])
+def test_bitwise_identical_across_threads(count, in_per_group, out_per_group):
+    features, weight, neighbors, inverse = make_case(count, [20, 20, 20], 1, in_per_group, out_per_group,
+                                                     torch.float32)
     grad_output = torch.randn(neighbors.shape[0], out_per_group)
     previous = torch.get_num_threads()
     results = []
@@ -116,6 +120,67 @@ def test_bitwise_identical_across_threads(out_per_group):
     finally:
         torch.set_num_threads(previous)
     assert all(torch.equal(a, b) for result in results[1:] for a, b in zip(result, results[0]))
+
+
+def test_wide_path_adds_in_the_same_order_as_the_register_path():
+    """A 64 -> 256 layer (weight over the wide threshold) equals, bitwise, its eight 32-channel slices (64 x 32 x 27
+    taps = 221 KB: register path), and matches the reference in float64; 1,001 outputs leave a partial row block."""
+    features, weight, neighbors, inverse = make_case(1001, [12, 12, 12], 1, 64, 256, torch.float32)
+    wide = SPARSE_CONV(features, weight, neighbors, inverse, 1)
+    for first in range(0, 256, 32):
+        narrow = SPARSE_CONV(features, weight[:, :, first:first + 32].contiguous(), neighbors, inverse, 1)
+        assert torch.equal(wide[:, first:first + 32], narrow)
+    assert_matches_reference(features.double(), weight.double(), neighbors, inverse, 1)
+
+
+def test_wide_path_matches_narrow_path_and_reference_at_256_channels():
+    """256 -> 256: a 2-tap map whose second tap is empty (512 KB weight: wide path) gives exactly what the 1-tap map
+    gives (256 KB: register path); rows of a map of >= 4096 rows (repacked weight) equal the same rows computed alone
+    (< 4096 rows: the weight read as it is); and the result is within float32 rounding of the float64 reference."""
+    generator = torch.Generator().manual_seed(3)
+    count, channels = 300, 256
+    features = torch.randn(count, channels, generator=generator)
+    weight = torch.randn(2, channels, channels, generator=generator) / channels ** 0.5
+    neighbors = torch.randperm(count, generator=generator)[:200].to(torch.int32).unsqueeze(1)
+    neighbors[::7] = -1
+    two_taps = torch.cat([neighbors, torch.full_like(neighbors, -1)], dim=1)
+    narrow = SPARSE_CONV(features, weight[:1].contiguous(), neighbors, ops.invert_kernel_map(neighbors, count), 1)
+    wide = SPARSE_CONV(features, weight, two_taps, ops.invert_kernel_map(two_taps, count), 1)
+    assert torch.equal(wide, narrow)
+
+    features, weight, neighbors, inverse = make_case(5000, [20, 20, 20], 1, channels, channels, torch.float32)
+    weight = weight / channels ** 0.5
+    out = SPARSE_CONV(features, weight, neighbors, inverse, 1)
+    rows = torch.arange(0, neighbors.shape[0], 5)   # 1000 rows
+    subset = neighbors[rows].contiguous()
+    assert torch.equal(SPARSE_CONV(features, weight, subset, ops.invert_kernel_map(subset, features.shape[0]), 1),
+                       out[rows])
+    expected = reference.sparse_conv(features.double(), weight.double(), neighbors, inverse, 1)
+    torch.testing.assert_close(out.double(), expected, rtol=1e-4, atol=1e-4)
+    grad_output = torch.randn(neighbors.shape[0], channels, dtype=torch.float64)
+    torch.testing.assert_close(WEIGHT_GRAD(features, grad_output.float(), neighbors, inverse, 1).double(),
+                               reference.sparse_conv_weight_grad(features.double(), grad_output, neighbors, inverse, 1),
+                               rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize('in_channels, out_channels', [(256, 256), (50, 48)])   # 48: Chunk 16; 27*50*48*4 > 256 KB
+def test_wide_path_bitwise_across_threads_in_reduced_precision(in_channels, out_channels):
+    features, weight, neighbors, inverse = make_case(4200, [20, 20, 20], 1, in_channels, out_channels, torch.float32)
+    grad_output = torch.randn(neighbors.shape[0], out_channels)
+    previous = torch.get_num_threads()
+    results = []
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            results.append((SPARSE_CONV(features, weight, neighbors, inverse, 1),
+                            WEIGHT_GRAD(features, grad_output, neighbors, inverse, 1),
+                            SPARSE_CONV(features.bfloat16(), weight.bfloat16(), neighbors, inverse, 1),
+                            WEIGHT_GRAD(features.half(), grad_output.half(), neighbors, inverse, 1)))
+    finally:
+        torch.set_num_threads(previous)
+    assert all(torch.equal(a, b) for a, b in zip(*results))
+    expected = reference.sparse_conv(features.double(), weight.double(), neighbors, inverse, 1)
+    torch.testing.assert_close(results[0][0].double(), expected, rtol=1e-4, atol=1e-3)
 
 
 @pytest.mark.parametrize('mutate, message', [

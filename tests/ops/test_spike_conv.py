@@ -133,6 +133,17 @@ def test_bad_input_is_refused():
         ops.spike_sparse_conv(spikes, weight, broken, inverse)
 
 
+@pytest.mark.parametrize('row, bad_entry', [(0, 10_000), (-1, 50), (7, -2)])
+def test_native_kernel_refuses_out_of_range_map_entries_wherever_they_are(row, bad_entry):
+    if not ops.extension_info().cpu_kernels:
+        pytest.skip('needs the native extension')
+    spikes, weight, neighbors, inverse = make_case(50, [5, 5, 5], 4, 16, 0.3)
+    broken = neighbors.clone()
+    broken[row, -1] = bad_entry
+    with pytest.raises(ValueError, match='kernel map entries must be -1 or rows'):
+        torch.ops.sparsevision.spike_sparse_conv(spikes, weight, broken, inverse)
+
+
 @pytest.mark.parametrize('rate', [0.1, 0.6])   # event-driven and dense-site paths of the layer
 def test_spike_layer_equals_the_ordinary_layer(rate):
     spikes, _, _, _ = make_case(400, [8, 8, 8], 16, 32, rate)
