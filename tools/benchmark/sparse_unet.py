@@ -19,9 +19,10 @@ alternate which side runs first, each side best of 3 repetitions, 5 for calls un
 min-max). ``match``: ours against spconv at 1 thread (spconv 2.3.8 races on CPU above 1 thread), max abs diff <=
 ``TOLERANCE`` * max|spconv| for the output and each gradient: 1e-3 for ``fwd``, 5e-2 for ``fwd+bwd``, where float32
 rounding grows through training-mode batch norm over the few sites of the deepest stage (on the quick scene some
-parameter gradients differ by up to ~4e-2 of their size; the float64 check below is the correctness check). That both compute the same function is checked first, in float64
-(training-mode forward+backward at 1 thread, relative difference <= 1e-9). Above 1 thread, ``spconv = own 1t`` and
-``ours = own 1t`` as in ``sparse_conv.py``, whose protocol code this script reuses.
+parameter gradients differ by up to ~4e-2 of their size). That both compute the same function is checked first, in
+float64 (training-mode forward+backward at 1 thread, relative difference <= 1e-9): that is the correctness check.
+Above 1 thread, ``spconv = own 1t`` and ``ours = own 1t`` as in ``sparse_conv.py``, whose protocol code this script
+reuses.
 
 Peer patches, printed in the header: ``spconv.pytorch.ops.get_current_stream = lambda: 0`` (its CPU backward asks
 for a CUDA stream); spconv's bundled OpenMP runtime is set to the same thread count. Follows
