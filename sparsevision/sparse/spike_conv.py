@@ -22,6 +22,9 @@ def estimate_firing_rate(features: torch.Tensor) -> float:
     return torch.count_nonzero(sample).item() / max(sample.numel(), 1)
 
 
+EVENT_THRESHOLD = 0.6   # firing rate up to which the event-driven kernel is the faster one (see below)
+
+
 class SpikeSparseConvolution(SparseConvolution):
     """:class:`SparseConvolution` for spike inputs: event-driven below a measured firing rate.
 
@@ -35,16 +38,18 @@ class SpikeSparseConvolution(SparseConvolution):
 
     Args:
         event_threshold: firing rate below which the event-driven kernel runs
-            (0.35 from ``tools/benchmark/spiking.py``: 1.2x faster at 20 %, slower at 50 %).
+            (:data:`EVENT_THRESHOLD`, 0.6: on the street scene at C = 64 the event-driven op is 1.2x faster
+            than the dense-site one at 50 % and 1.1x at 60 % (binary or multi-spikes), 0.97x at 70 %).
         The others as in :class:`SparseConvolution` (``groups`` must be 1 for the event-driven path).
     """
 
     def __init__(self, ndim: int, in_channels: int, out_channels: int, kernel_size: IntOrSequence = 3,
                  stride: IntOrSequence = 1, padding: IntOrSequence = 0, dilation: IntOrSequence = 1, groups: int = 1,
                  bias: bool = True, subm: bool = False, inverse: bool = False, indice_key: Optional[str] = None,
-                 event_threshold: float = 0.35):
+                 event_threshold: Optional[float] = None):
         super().__init__(ndim, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, subm,
                          inverse, indice_key)
+        event_threshold = EVENT_THRESHOLD if event_threshold is None else event_threshold
         if not 0 <= event_threshold <= 1:
             raise ValueError(f'event_threshold is a firing rate in [0, 1], got {event_threshold}')
         self.event_threshold = event_threshold

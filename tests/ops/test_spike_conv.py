@@ -144,7 +144,7 @@ def test_native_kernel_refuses_out_of_range_map_entries_wherever_they_are(row, b
         torch.ops.sparsevision.spike_sparse_conv(spikes, weight, broken, inverse)
 
 
-@pytest.mark.parametrize('rate', [0.1, 0.6])   # event-driven and dense-site paths of the layer
+@pytest.mark.parametrize('rate', [0.1, 0.8])   # event-driven and dense-site paths of the layer
 def test_spike_layer_equals_the_ordinary_layer(rate):
     spikes, _, _, _ = make_case(400, [8, 8, 8], 16, 32, rate)
     generator = torch.Generator().manual_seed(0)

@@ -8,7 +8,7 @@ from mmengine.model import BaseModule
 from ...registry import MODELS
 from ...sparse import (SparseBatchNorm, SparseGlobalAvgPool, SparseModule, SparseSequential, SparseTensor,
                        SubMConv3d)
-from ...sparse.spike_conv import SpikeSparseConvolution
+from ...sparse.spike_conv import EVENT_THRESHOLD, SpikeSparseConvolution
 from .neurons import MultiSpikeNeuron
 
 
@@ -55,7 +55,7 @@ class E3DSNN(BaseModule):
     """
 
     def __init__(self, in_channels: int = 4, channels: Sequence[int] = (16, 32, 64, 128),
-                 depths: Sequence[int] = (1, 1, 1, 1), max_spikes: int = 4, event_threshold: float = 0.35,
+                 depths: Sequence[int] = (1, 1, 1, 1), max_spikes: int = 4, event_threshold: float = EVENT_THRESHOLD,
                  init_cfg=None):
         super().__init__(init_cfg)
         if len(channels) != len(depths) or not channels:
@@ -97,7 +97,7 @@ class E3DSNNUNet(E3DSNN):
     """
 
     def __init__(self, in_channels: int = 4, channels: Sequence[int] = (16, 32, 64, 128),
-                 depths: Sequence[int] = (1, 1, 1, 1), max_spikes: int = 4, event_threshold: float = 0.35,
+                 depths: Sequence[int] = (1, 1, 1, 1), max_spikes: int = 4, event_threshold: float = EVENT_THRESHOLD,
                  init_cfg=None):
         super().__init__(in_channels, channels, depths, max_spikes, event_threshold, init_cfg)
         self.up = nn.ModuleList(
