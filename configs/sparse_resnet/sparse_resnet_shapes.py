@@ -2,24 +2,14 @@
 # 8 primitive shapes: randomly scaled, rotated and jittered surface samples, voxelised on a 24^3 grid (~770 occupied
 # voxels each); 300 training and 50 validation samples per shape. Point your own meshes in with
 # ShapeClassificationDataset(mesh_files=[...]).
-_base_ = ['../_base_/schedules/adamw_cosine.py', '../_base_/default_runtime.py']
+_base_ = ['../_base_/datasets/shapes.py', '../_base_/schedules/adamw_cosine.py', '../_base_/default_runtime.py']
 
-class_names = ('box', 'sphere', 'cylinder', 'cone', 'torus', 'tetrahedron', 'octahedron', 'arrow')
 model = dict(
     type='ImageClassifier',
     data_preprocessor=dict(type='SparseDataPreprocessor'),
     backbone=dict(type='SparseResNet', in_channels=4, channels=(16, 32, 64, 96), depths=(1, 1, 1, 1)),
-    head=dict(type='ClassificationHead', num_classes=len(class_names), in_channels=96),
+    head=dict(type='ClassificationHead', num_classes=8, in_channels=96),
 )
-dataset = dict(type='ShapeClassificationDataset', shapes=class_names, grid=24,
-               pipeline=[dict(type='PackPointCloudInputs')])
-train_dataloader = dict(batch_size=16, num_workers=0, sampler=dict(type='DefaultSampler', shuffle=True),
-                        dataset=dict(dataset, split='train', samples_per_class=300))
-val_dataloader = dict(batch_size=32, num_workers=0, sampler=dict(type='DefaultSampler', shuffle=False),
-                      dataset=dict(dataset, split='val', samples_per_class=50))
-test_dataloader = val_dataloader
-val_evaluator = dict(type='Accuracy', topk=(1,))
-test_evaluator = val_evaluator
 max_epochs = 20
 train_cfg = dict(max_epochs=max_epochs, val_interval=5)
 optim_wrapper = dict(optimizer=dict(lr=2e-3, weight_decay=0.05))

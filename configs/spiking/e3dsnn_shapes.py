@@ -1,7 +1,7 @@
 # E-3DSNN (multi-spike neurons, D = 4; spike sparse convolutions on the engine) classifying 8 primitive shapes:
 # randomly scaled, rotated and jittered surface samples, voxelised on a 24^3 grid (~770 occupied voxels each);
 # 300 training and 50 validation samples per shape.
-_base_ = ['../_base_/schedules/adamw_cosine.py', '../_base_/default_runtime.py']
+_base_ = ['../_base_/datasets/shapes.py', '../_base_/schedules/adamw_cosine.py', '../_base_/default_runtime.py']
 
 model = dict(
     type='ImageClassifier',
@@ -9,14 +9,6 @@ model = dict(
     backbone=dict(type='E3DSNN', in_channels=4, channels=(16, 32, 64, 128), depths=(1, 1, 1, 1), max_spikes=4),
     head=dict(type='ClassificationHead', num_classes=8, in_channels=128),
 )
-dataset = dict(type='ShapeClassificationDataset', grid=24, pipeline=[dict(type='PackPointCloudInputs')])
-train_dataloader = dict(batch_size=16, num_workers=0, sampler=dict(type='DefaultSampler', shuffle=True),
-                        dataset=dict(dataset, split='train', samples_per_class=300))
-val_dataloader = dict(batch_size=32, num_workers=0, sampler=dict(type='DefaultSampler', shuffle=False),
-                      dataset=dict(dataset, split='val', samples_per_class=50))
-test_dataloader = val_dataloader
-val_evaluator = dict(type='Accuracy', topk=(1,))
-test_evaluator = val_evaluator
 max_epochs = 30
 train_cfg = dict(max_epochs=max_epochs, val_interval=5)
 optim_wrapper = dict(optimizer=dict(lr=2e-3, weight_decay=0.05))

@@ -1,6 +1,6 @@
 # Meta-SpikeFormer (tiny) on event-camera digits: the real digits moved in three saccades in front of a simulated
 # 34x34 event sensor (~5,100 events each), binned into T = 4 frames of ON/OFF counts.
-_base_ = ['../_base_/schedules/adamw_cosine.py', '../_base_/default_runtime.py']
+_base_ = ['../_base_/datasets/event_digits.py', '../_base_/schedules/adamw_cosine.py', '../_base_/default_runtime.py']
 
 model = dict(
     type='ImageClassifier',
@@ -9,15 +9,9 @@ model = dict(
                   transformer_depth=2, heads=4),
     head=dict(type='ClassificationHead', num_classes=10, in_channels=64),
 )
-dataset = dict(type='EventDigitsDataset', representation='frames', time_bins=4,
-               pipeline=[dict(type='PackEventInputs')])
-train_dataloader = dict(batch_size=32, num_workers=0, sampler=dict(type='DefaultSampler', shuffle=True),
-                        dataset=dict(dataset, split='train'))
-val_dataloader = dict(batch_size=128, num_workers=0, sampler=dict(type='DefaultSampler', shuffle=False),
-                      dataset=dict(dataset, split='val'))
-test_dataloader = val_dataloader
-val_evaluator = dict(type='Accuracy', topk=(1,))
-test_evaluator = val_evaluator
+train_dataloader = dict(dataset=dict(representation='frames', time_bins=4))
+val_dataloader = dict(dataset=dict(representation='frames', time_bins=4))
+test_dataloader = dict(dataset=dict(representation='frames', time_bins=4))
 max_epochs = 15
 train_cfg = dict(max_epochs=max_epochs, val_interval=5)
 param_scheduler = [
