@@ -1,5 +1,6 @@
 # DynamicViT at keep 0.7 (3 stages), fine-tuned for 10 epochs from the dense digits ViT (96.10 % top-1) with the
-# keep-ratio loss and distillation from the frozen dense model.
+# keep-ratio loss and distillation from the frozen dense model. As in the paper, the pretrained backbone and head
+# learn at 0.01x the predictors' rate: the predictors learn the ranking, the backbone stays what it was.
 _base_ = ['../vit/vit_tiny_p4_digits.py']
 
 model = dict(
@@ -16,7 +17,10 @@ model = dict(
 load_from = 'sparsevision/model_zoo/weights/vit_tiny_p4_digits.pth'
 max_epochs = 10
 train_cfg = dict(max_epochs=max_epochs)
-optim_wrapper = dict(optimizer=dict(lr=5e-4))
+optim_wrapper = dict(
+    optimizer=dict(lr=1e-3),
+    paramwise_cfg=dict(custom_keys={'backbone': dict(lr_mult=0.01), 'head': dict(lr_mult=0.01),
+                                    'predictors': dict(lr_mult=1.0)}))   # the longest matching key wins
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.1, by_epoch=True, begin=0, end=1, convert_to_iter_based=True),
     dict(type='CosineAnnealingLR', by_epoch=True, begin=1, end=max_epochs, eta_min=1e-5, convert_to_iter_based=True),

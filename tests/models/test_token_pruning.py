@@ -180,6 +180,21 @@ def test_dynamicvit_trains_with_masks_and_prunes_at_inference():
     assert state.tokens_per_block == [65, 1 + 44, 1 + 31, 1 + 31]   # floor(0.7 ** s * 64), as in the paper
 
 
+def test_dynamicvit_untrained_predictors_keep_the_target_rate():
+    """The fixed logit offset survives weight initialisation, so training starts at the paper's token counts."""
+    torch.manual_seed(0)
+    model = tiny_model('dynamicvit')
+    for predictor in model.router.predictors:
+        for layer in predictor.modules():
+            if isinstance(layer, torch.nn.Linear):   # what a zero-init of the predictor head would leave
+                torch.nn.init.zeros_(layer.bias)
+                torch.nn.init.zeros_(layer.weight)
+    model.train()
+    _, state = model.forward_with_state(torch.randn(64, 1, 32, 32))
+    for stage, ratio in enumerate(state.keep_ratios):
+        assert abs(ratio.mean().item() - 0.7 ** (stage + 1)) < 0.03, (stage, ratio.mean().item())
+
+
 @pytest.mark.parametrize('method', list(TINY_METHODS))
 def test_every_method_forward_backward_and_deterministic(method):
     model = tiny_model(method).train()

@@ -13,21 +13,28 @@ from .state import TokenState
 
 
 class KeepPredictor(nn.Module):
-    """Scores tokens from their own features and the keep-weighted mean of all: ``[B, N, 2]`` log-probs (keep, drop)."""
+    """Scores tokens from their own features and the keep-weighted mean of all: ``[B, N, 2]`` log-probs (keep, drop).
 
-    def __init__(self, dim: int):
+    ``keep_prior`` offsets the logits so that an untrained predictor keeps that fraction (a fixed offset, not a
+    bias: weight initialisation cannot undo it); training then starts at the token counts the ratio loss asks for.
+    """
+
+    def __init__(self, dim: int, keep_prior: float = 0.5):
         super().__init__()
         if dim % 4:
             raise ValueError(f'DynamicViT predictors need an embedding width divisible by 4, got {dim}')
         self.embed = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.GELU())
         self.score = nn.Sequential(nn.Linear(dim, dim // 2), nn.GELU(), nn.Linear(dim // 2, dim // 4), nn.GELU(),
-                                   nn.Linear(dim // 4, 2), nn.LogSoftmax(dim=-1))
+                                   nn.Linear(dim // 4, 2))
+        prior = torch.tensor([keep_prior, 1 - keep_prior]).clamp(min=1e-3).log()
+        self.register_buffer('prior_logits', prior, persistent=False)
 
     def forward(self, tokens: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         local, context = self.embed(tokens).chunk(2, dim=-1)
         weights = keep[..., None].to(context.dtype)
         context = (context * weights).sum(dim=1, keepdim=True) / weights.sum(dim=1, keepdim=True).clamp(min=1e-6)
-        return self.score(torch.cat([local, context.expand_as(local)], dim=-1))
+        logits = self.score(torch.cat([local, context.expand_as(local)], dim=-1))
+        return F.log_softmax(logits + self.prior_logits.to(logits.dtype), dim=-1)
 
 
 @MODELS.register_module()
@@ -57,7 +64,7 @@ class DynamicViTRouter(TokenRouter):
         super().bind(depth, embed_dim, num_prefix, num_patches)
         self.num_patches = num_patches
         if len(self.predictors) != len(self.locations):
-            self.predictors = nn.ModuleList(KeepPredictor(embed_dim) for _ in self.locations)
+            self.predictors = nn.ModuleList(KeepPredictor(embed_dim, self.keep_rate) for _ in self.locations)
 
     def before_block(self, x: torch.Tensor, state: TokenState, index: int) -> torch.Tensor:
         if index not in self.locations or (self.keep_rate == 1 and not self.training):
