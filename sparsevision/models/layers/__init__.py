@@ -1,5 +1,7 @@
-"""Shared building blocks of the sparse backbones and the bird's-eye-view neck and heads."""
+"""Shared building blocks: sparse and bird's-eye-view blocks, and packed linear layers for CPU inference."""
 from .dense_blocks import conv2d_norm_act
+from .packed_linear import PackedLinear, pack_linear_layers, packed_linear_available
 from .sparse_blocks import SparseBasicBlock, build_sparse_norm, conv_norm_act
 
-__all__ = ['SparseBasicBlock', 'build_sparse_norm', 'conv2d_norm_act', 'conv_norm_act']
+__all__ = ['PackedLinear', 'SparseBasicBlock', 'build_sparse_norm', 'conv2d_norm_act', 'conv_norm_act',
+           'pack_linear_layers', 'packed_linear_available']
