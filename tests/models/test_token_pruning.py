@@ -12,6 +12,7 @@ from sklearn.datasets import load_digits
 
 from sparsevision.model_zoo import pretrained_weights
 from sparsevision.models.token_pruning.attention import attend
+from sparsevision.models.token_pruning.flops import vit_macs
 from sparsevision.registry import MODELS
 from sparsevision.utils.checkpoint import load_state_dict
 
@@ -146,6 +147,51 @@ def test_spatten_prunes_by_cumulative_importance():
     kept = math.ceil(0.7 * 64)
     assert state.tokens_per_block == [65, 65, 1 + kept, 1 + math.ceil(0.7 * kept)]
     assert state.importance.shape == (2, 1 + math.ceil(0.7 * kept))
+
+
+@pytest.mark.parametrize('fused', [True, False])
+def test_attend_on_a_subset_of_heads_equals_zeroing_the_others(fused):
+    torch.manual_seed(0)
+    attention = Attention(48, num_heads=4, qkv_bias=True, qk_norm=True, norm_layer=torch.nn.LayerNorm).eval()
+    attention.fused_attn = fused
+    x = torch.randn(3, 17, 48)
+    heads = torch.tensor([[0, 2], [1, 3], [3, 0]])
+    with torch.no_grad():
+        every = attend(attention, x, heads=torch.arange(4).expand(3, -1), head_importance=True)
+        assert torch.equal(every.output, attend(attention, x).output)
+        subset = attend(attention, x, heads=heads, head_importance=True, received=not fused)
+        # reference: all heads computed, the skipped ones zeroed before the output projection
+        q, k, v = attention.qkv(x).reshape(3, 17, 3, 4, 12).permute(2, 0, 3, 1, 4)
+        y = ((attention.q_norm(q) * attention.scale) @ attention.k_norm(k).transpose(-2, -1)).softmax(-1) @ v
+        mask = torch.zeros(3, 4).scatter(1, heads, 1.0)[:, :, None, None]
+        expected = attention.proj((y * mask).transpose(1, 2).reshape(3, 17, 48))
+    torch.testing.assert_close(subset.output, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(subset.head_importance, (y * mask).abs().sum((2, 3)), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(every.head_importance, y.abs().sum((2, 3)), rtol=1e-5, atol=1e-5)
+
+
+def test_spatten_cascade_head_pruning():
+    model = tiny_model('spatten', head_keep_rate=0.5, head_locations=(0, 1)).eval()
+    images = torch.randn(3, 1, 32, 32)
+    with torch.no_grad():
+        batched, state = model.forward_with_state(images)
+        alone = torch.cat([model(image[None]) for image in images])
+    assert state.heads_per_block == [4, 2, 1, 1]   # ceil(0.5 * 4), then ceil(0.5 * 2), for good
+    assert state.heads.shape == (3, 1)
+    torch.testing.assert_close(batched, alone, rtol=1e-5, atol=1e-6)   # each image picks its own heads
+    model.train()
+    model(images).sum().backward()
+    assert model.blocks[3].attn.qkv.weight.grad is not None
+    unpruned = tiny_model('spatten', head_keep_rate=1.0).eval()
+    with torch.no_grad():
+        assert torch.equal(unpruned(images), tiny_model('spatten').eval()(images))
+    full_macs, pruned_macs = vit_macs(unpruned), vit_macs(tiny_model('spatten', head_keep_rate=0.5,
+                                                                     head_locations=(0, 1)))
+    assert pruned_macs['per_block'][3]['attention'] * 4 == full_macs['per_block'][3]['attention']
+    with pytest.raises(ValueError, match='head_keep_rate|keep_rate'):
+        tiny_model('spatten', head_keep_rate=0.0)
+    with pytest.raises(ValueError, match='head_locations'):
+        tiny_model('spatten', head_keep_rate=0.5, head_locations=(7,))
 
 
 def test_variable_counts_per_image_equal_running_each_image_alone():

@@ -21,6 +21,7 @@ class AttentionResult:
     cls_attention: Optional[torch.Tensor] = None   # [B, N]: query 0's attention, mean over heads
     keys: Optional[torch.Tensor] = None            # [B, N, head_dim]: keys, mean over heads (ToMe's metric)
     received: Optional[torch.Tensor] = None        # [B, N]: attention each key receives, summed over heads/queries
+    head_importance: Optional[torch.Tensor] = None  # [B, heads]: L1 norm of each head's output (0 if skipped)
 
 
 def masked_softmax(logits: torch.Tensor, keep: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -37,8 +38,8 @@ def masked_softmax(logits: torch.Tensor, keep: torch.Tensor, eps: float = 1e-6) 
 
 
 def attend(attention: nn.Module, x: torch.Tensor, bias: Optional[torch.Tensor] = None,
-           keep: Optional[torch.Tensor] = None, cls_attention: bool = False, keys: bool = False,
-           received: bool = False) -> AttentionResult:
+           keep: Optional[torch.Tensor] = None, heads: Optional[torch.Tensor] = None, cls_attention: bool = False,
+           keys: bool = False, received: bool = False, head_importance: bool = False) -> AttentionResult:
     """Run a timm ``Attention`` module on ``x`` ``[B, N, C]``.
 
     Args:
@@ -46,13 +47,18 @@ def attend(attention: nn.Module, x: torch.Tensor, bias: Optional[torch.Tensor] =
         x: normalised tokens.
         bias: additive attention bias broadcastable to ``[B, heads, N, N]`` (proportional attention, padding).
         keep: ``[B, N]`` soft keep mask for :func:`masked_softmax` (training-time pruning).
-        cls_attention, keys, received: what to return besides the output.
+        heads: ``[B, H']`` heads each sample still computes (head pruning); the others output zeros.
+        cls_attention, keys, received, head_importance: what to return besides the output.
     """
     batch, tokens, _ = x.shape
     gate = attention.gate(x).sigmoid() if getattr(attention, 'gate', None) is not None else None
     qkv = attention.qkv(x).reshape(batch, tokens, 3, attention.num_heads, attention.head_dim).permute(2, 0, 3, 1, 4)
     q, k, v = qkv.unbind(0)
     q, k = attention.q_norm(q), attention.k_norm(k)
+    if heads is not None:
+        q, k, v = (select_heads(part, heads) for part in (q, k, v))
+        if bias is not None and bias.dim() == 4 and bias.shape[1] > 1:
+            bias = select_heads(bias.expand(batch, -1, -1, -1), heads)
     result = AttentionResult(output=x)
     if attention.fused_attn and keep is None and not received:
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias,
@@ -74,8 +80,18 @@ def attend(attention: nn.Module, x: torch.Tensor, bias: Optional[torch.Tensor] =
         y = attention.attn_drop(probabilities) @ v
     if keys:
         result.keys = k.mean(dim=1)
+    if heads is not None:
+        y = torch.zeros(batch, attention.num_heads, *y.shape[2:], dtype=y.dtype, device=y.device).scatter(
+            1, heads[:, :, None, None].expand_as(y), y)
+    if head_importance:
+        result.head_importance = y.detach().abs().sum(dim=(2, 3), dtype=torch.float32)
     y = attention.norm(y.transpose(1, 2).reshape(batch, tokens, attention.attn_dim))
     if gate is not None:
         y = y * gate
     result.output = attention.proj_drop(attention.proj(y))
     return result
+
+
+def select_heads(tensor: torch.Tensor, heads: torch.Tensor) -> torch.Tensor:
+    """``tensor[b, heads[b]]`` for ``[B, heads, ...]`` tensors: the heads each sample computes."""
+    return tensor.gather(1, heads.view(*heads.shape, *[1] * (tensor.dim() - 2)).expand(-1, -1, *tensor.shape[2:]))

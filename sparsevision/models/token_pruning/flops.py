@@ -5,7 +5,8 @@ block reduces tokens between its attention and its MLP), with width ``C``, MLP h
 ``P`` non-prefix tokens:
 
 - patch embedding: ``patches * C * in_chans * patch_area``;
-- qkv ``3 N C^2``; attention ``2 N^2 C`` (``Q K^T`` and ``A V``); projection ``N C^2``; MLP ``2 N' C H``;
+- qkv ``3 N C^2``; attention ``2 N^2 C`` (``Q K^T`` and ``A V``; ``C`` counts only the heads computed, fewer
+  after SpAtten's head pruning); projection ``N C^2``; MLP ``2 N' C H``;
 - the method's own work: EViT the CLS query's attention row, ``N C`` per pruning block; ToMe the bipartite
   similarity ``|A| |B| head_dim`` (about ``(P/2)^2 head_dim``) per merging block; DynamicViT its predictor MLP
   on the ``P`` patches scored at each location; SpAtten nothing (it sums attention it already has);
@@ -82,9 +83,13 @@ def vit_macs(model: nn.Module, image_size: Optional[Sequence[int]] = None,
         hooks.extend(_record_tokens(predictor, predictor_counts) for predictor in router.predictors)
     was_training = model.training
     model.eval()
+    heads_per_block = None
     try:
         with torch.no_grad():
-            model(batch_images)
+            if hasattr(model, 'forward_with_state'):
+                heads_per_block = model.forward_with_state(batch_images)[1].heads_per_block
+            else:
+                model(batch_images)
     finally:
         model.train(was_training)
         for hook in hooks:
@@ -95,7 +100,8 @@ def vit_macs(model: nn.Module, image_size: Optional[Sequence[int]] = None,
     per_block = []
     for index, (block, tokens, tokens_after) in enumerate(zip(model.blocks, attention_tokens, mlp_tokens, strict=True)):
         attention = block.attn
-        attention_width = attention.num_heads * attention.head_dim
+        heads = attention.num_heads if heads_per_block is None else heads_per_block[index]
+        attention_width = heads * attention.head_dim
         gate = attention.gate.weight.numel() if getattr(attention, 'gate', None) is not None else 0
         entry = dict(tokens=tokens, mlp_tokens=tokens_after,
                      qkv=tokens * attention.qkv.weight.numel(),

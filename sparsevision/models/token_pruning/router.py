@@ -67,12 +67,13 @@ def run_block(block: nn.Module, x: torch.Tensor, router: TokenRouter, state: Tok
     """One timm ``Block`` with the router's reduction between attention and MLP."""
     x = router.before_block(x, state, index)
     state.tokens_per_block.append(x.shape[1])
+    state.heads_per_block.append(block.attn.num_heads if state.heads is None else state.heads.shape[1])
     request = router.attention_request(state, index)
     keep = state.keep if block.training else None
     bias = state.attention_bias(x.dtype)
-    if not any(request.values()) and keep is None and bias is None:
+    if not any(request.values()) and keep is None and bias is None and state.heads is None:
         return block(x)
-    attention = attend(block.attn, block.norm1(x), bias=bias, keep=keep, **request)
+    attention = attend(block.attn, block.norm1(x), bias=bias, keep=keep, heads=state.heads, **request)
     x = x + block.drop_path1(block.ls1(attention.output))
     x = router.reduce(x, attention, state, index)
     return x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))

@@ -20,9 +20,12 @@ class TokenState:
         valid: ``[B, N]`` bool, ``False`` for padding rows when images keep different counts, else ``None``.
         keep: ``[B, N]`` soft keep mask of training-time pruning (tokens stay, attention masks them).
         importance: ``[B, N]`` cumulative attention received (SpAtten).
+        heads: ``[B, H']`` int64 attention heads each sample still computes (SpAtten head pruning), else ``None``.
+        head_importance: ``[B, H]`` cumulative L1 norm of each head's output (SpAtten head pruning).
         recovered: ``[B, P, C]`` last features of every patch (token recovery for dense outputs).
         history: ``source`` after each reduction, for visualisation.
         tokens_per_block: sequence length entering each block (FLOPs analysis).
+        heads_per_block: attention heads each block computes (FLOPs analysis).
         keep_ratios: realised keep fractions of training-time pruning, per stage (ratio loss).
     """
 
@@ -33,9 +36,12 @@ class TokenState:
     valid: Optional[torch.Tensor] = None
     keep: Optional[torch.Tensor] = None
     importance: Optional[torch.Tensor] = None
+    heads: Optional[torch.Tensor] = None
+    head_importance: Optional[torch.Tensor] = None
     recovered: Optional[torch.Tensor] = None
     history: List[torch.Tensor] = field(default_factory=list)
     tokens_per_block: List[int] = field(default_factory=list)
+    heads_per_block: List[int] = field(default_factory=list)
     keep_ratios: List[torch.Tensor] = field(default_factory=list)
 
     @classmethod
