@@ -51,6 +51,7 @@ bench: build
 	$(PY) tools/benchmark/token_routing.py --quick --json outputs/bench/token_routing.json
 	$(PY) tools/benchmark/sparse_conv.py --quick --json outputs/bench/sparse_conv.json
 	$(PY) tools/benchmark/token_pruning.py --quick --json outputs/bench/token_pruning.json
+	$(PY) tools/benchmark/token_pruning_zoo.py --quick --json outputs/bench/token_pruning_zoo.json
 	$(PY) tools/benchmark/masked_pretrain.py --quick --json outputs/bench/masked_pretrain.json
 	$(PY) tools/benchmark/spiking.py --quick --json outputs/bench/spiking.json
 	$(PY) tools/benchmark/sparse_unet.py --quick --json outputs/bench/sparse_unet.json

@@ -1,6 +1,10 @@
-"""Shared pieces of the benchmark protocol (see BENCHMARKS.md): timing, machine description, table, JSON."""
+"""Shared pieces of the benchmark protocol (see BENCHMARKS.md): command line, timing, machine description, table,
+JSON."""
+import argparse
 import json
+import os
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import List, Optional, Sequence
@@ -8,6 +12,28 @@ from typing import List, Optional, Sequence
 import torch
 
 import sparsevision
+
+
+def argument_parser(description: str, quick_help: str) -> argparse.ArgumentParser:
+    """The protocol's options (``--quick``, ``--threads``, ``--json``, ``--device``); scripts add their own."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument('--quick', action='store_true', help=quick_help)
+    parser.add_argument('--threads', type=int, nargs='+', default=[torch.get_num_threads()],
+                        help='CPU thread counts to run (default: the current torch thread count)')
+    parser.add_argument('--json', type=Path, help='also write the results as JSON to this path')
+    parser.add_argument('--device', choices=['cpu', 'cuda'], default='cpu')
+    return parser
+
+
+def describe_machine(device: str, threads: Sequence[int]) -> tuple:
+    """Print the machine line of the header; exits when ``device`` is cuda without CUDA. ``(cpu, gpu)`` names."""
+    if device == 'cuda' and not torch.cuda.is_available():
+        sys.exit('--device cuda: CUDA is not available')
+    cpu = cpu_name()
+    gpu = torch.cuda.get_device_name() if device == 'cuda' else None
+    print(f'machine: {os.cpu_count()} cores, {cpu}{f", GPU {gpu}" if gpu else ""}; device {device}; '
+          f'threads {list(threads)}; load average {os.getloadavg()[0]:.2f} at start')
+    return cpu, gpu
 
 
 def synchronize(device: str) -> None:

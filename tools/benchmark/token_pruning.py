@@ -28,7 +28,6 @@ Usage::
 
     python tools/benchmark/token_pruning.py [--quick] [--threads 1 2] [--json PATH] [--device cpu|cuda] [--no-pack]
 """
-import argparse
 import copy
 import os
 import platform
@@ -182,13 +181,8 @@ def print_table(rows):
 
 
 def parse_args():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--quick', action='store_true',
-                        help='batch 1 and 8, keep 0.7 and ToMe r=13 only, under 60 s on 2 cores')
-    parser.add_argument('--threads', type=int, nargs='+', default=[torch.get_num_threads()],
-                        help='CPU thread counts to run (default: the current torch thread count)')
-    parser.add_argument('--json', type=Path, help='also write the results as JSON to this path')
-    parser.add_argument('--device', choices=['cpu', 'cuda'], default='cpu')
+    parser = protocol.argument_parser(__doc__.split('\n\n')[0],
+                                      'batch 1 and 8, keep 0.7 and ToMe r=13 only, under 60 s on 2 cores')
     parser.add_argument('--no-pack', action='store_true',
                         help='time our copies with plain nn.Linear (no oneDNN packed weights)')
     return parser.parse_args()
@@ -196,17 +190,12 @@ def parse_args():
 
 def main():
     args = parse_args()
-    if args.device == 'cuda' and not torch.cuda.is_available():
-        sys.exit('--device cuda: CUDA is not available')
     rounds, repetitions, target_s = (3, 3, 0.02) if args.quick else (3, 5, 0.2)
     batches = QUICK_BATCHES if args.quick else BATCHES
-    cpu = protocol.cpu_name()
-    gpu = torch.cuda.get_device_name() if args.device == 'cuda' else None
     threads = args.threads[0] if len(args.threads) == 1 else args.threads
     print(f'token_pruning benchmark{" (quick)" if args.quick else ""}: ours = from_timm pruned copies '
           f'(same weights), peer = {PEER}')
-    print(f'machine: {os.cpu_count()} cores, {cpu}{f", GPU {gpu}" if gpu else ""}; device {args.device}; '
-          f'threads {args.threads}; load average {os.getloadavg()[0]:.2f} at start')
+    cpu, gpu = protocol.describe_machine(args.device, args.threads)
     print(f'versions: sparsevision {sparsevision.__version__}, torch {torch.__version__}, timm {timm.__version__}, '
           f'python {platform.python_version()}; {extension_info()}')
     pack = args.device == 'cpu' and not args.no_pack
