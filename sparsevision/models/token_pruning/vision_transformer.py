@@ -67,9 +67,11 @@ class TokenPruningMixin:
     def forward_with_state(self, images: torch.Tensor):
         """``(output, state)``: the output as :meth:`forward` gives it, plus what the router did."""
         tokens, state = self.forward_tokens(images)
-        if self.out_type == 'featmap':
-            return self.feature_map(tokens, state), state
-        return self.head_output(tokens, state), state
+        return self.output(tokens, state), state
+
+    def output(self, tokens: torch.Tensor, state: TokenState) -> torch.Tensor:
+        """What :meth:`forward` returns for the final tokens of :meth:`forward_tokens`."""
+        return self.feature_map(tokens, state) if self.out_type == 'featmap' else self.head_output(tokens, state)
 
     def forward(self, images: torch.Tensor, attn_mask=None, is_causal: bool = False) -> torch.Tensor:
         if attn_mask is not None or is_causal:
