@@ -21,7 +21,6 @@ Usage::
 
     python tools/benchmark/masked_pretrain.py [--quick] [--threads 1 2] [--json PATH] [--device cpu|cuda]
 """
-import argparse
 import copy
 import os
 import platform
@@ -123,28 +122,19 @@ def print_table(rows):
 
 
 def parse_args():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--quick', action='store_true', help='ResNet-50 at mask 0.6, B=2 only (under 60 s on 2 cores)')
-    parser.add_argument('--threads', type=int, nargs='+', default=[torch.get_num_threads()],
-                        help='CPU thread counts to run (default: the current torch thread count)')
+    parser = protocol.argument_parser(__doc__.split('\n\n')[0],
+                                      'ResNet-50 at mask 0.6, B=2 only (under 60 s on 2 cores)')
     parser.add_argument('--batch', type=int, default=8, help='images per batch (default 8; --quick uses 2)')
-    parser.add_argument('--json', type=Path, help='also write the results as JSON to this path')
-    parser.add_argument('--device', choices=['cpu', 'cuda'], default='cpu')
     return parser.parse_args()
 
 
 def main():
     args = parse_args()
-    if args.device == 'cuda' and not torch.cuda.is_available():
-        sys.exit('--device cuda: CUDA is not available')
     rounds, batch = (3, 2) if args.quick else (3, args.batch)
     cases = [('ResNet-50', 0.6)] if args.quick else [(name, ratio) for name in ENCODERS for ratio in (0.6, 0.75)]
-    cpu = protocol.cpu_name()
-    gpu = torch.cuda.get_device_name() if args.device == 'cuda' else None
     threads = args.threads[0] if len(args.threads) == 1 else args.threads
     print(f'masked_pretrain benchmark{" (quick)" if args.quick else ""}: ours = sparse masked encoder, peer = {PEER}')
-    print(f'machine: {os.cpu_count()} cores, {cpu}{f", GPU {gpu}" if gpu else ""}; device {args.device}; '
-          f'threads {args.threads}; load average {os.getloadavg()[0]:.2f} at start')
+    cpu, gpu = protocol.describe_machine(args.device, args.threads)
     print(f'versions: sparsevision {sparsevision.__version__}, torch {torch.__version__}, python '
           f'{platform.python_version()}; {sparsevision.ops.extension_info()}')
     print(f'timed in float32; {rounds} rounds of best-of-{REPETITIONS}; match = max relative diff of outputs and '

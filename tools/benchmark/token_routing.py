@@ -25,7 +25,6 @@ Usage::
 
     python tools/benchmark/token_routing.py [--quick] [--threads 1 2] [--json PATH] [--device cpu|cuda]
 """
-import argparse
 import os
 import platform
 import statistics
@@ -237,26 +236,16 @@ def print_table(rows):
 
 
 def parse_args():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--quick', action='store_true', help='headline cases only (B=32), under 60 s on 2 cores')
-    parser.add_argument('--threads', type=int, nargs='+', default=[torch.get_num_threads()],
-                        help='CPU thread counts to run (default: the current torch thread count)')
-    parser.add_argument('--json', type=Path, help='also write the results as JSON to this path')
-    parser.add_argument('--device', choices=['cpu', 'cuda'], default='cpu')
+    parser = protocol.argument_parser(__doc__.split('\n\n')[0], 'headline cases only (B=32), under 60 s on 2 cores')
     return parser.parse_args()
 
 
 def main():
     args = parse_args()
-    if args.device == 'cuda' and not torch.cuda.is_available():
-        sys.exit('--device cuda: CUDA is not available')
     rounds, target_s = (3, 0.002) if args.quick else (7, 0.01)
-    cpu = protocol.cpu_name()
-    gpu = torch.cuda.get_device_name() if args.device == 'cuda' else None
     threads = args.threads[0] if len(args.threads) == 1 else args.threads
     print(f'token_routing benchmark{" (quick)" if args.quick else ""}: ours = sparsevision.ops, peer = {PEER}')
-    print(f'machine: {os.cpu_count()} cores, {cpu}{f", GPU {gpu}" if gpu else ""}; device {args.device}; '
-          f'threads {args.threads}; load average {os.getloadavg()[0]:.2f} at start')
+    cpu, gpu = protocol.describe_machine(args.device, args.threads)
     print(f'versions: sparsevision {sparsevision.__version__}, torch {torch.__version__}, python '
           f'{platform.python_version()}; {extension_info()}')
     print(f'float32; {rounds} rounds of best-of-{REPETITIONS}; match = max abs diff <= {MATCH_TOLERANCE:g}; '
