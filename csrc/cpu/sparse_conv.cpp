@@ -4,17 +4,19 @@
 //   input channels i of o's group (in order) of features[neighbors[m, k], i] * weight[k, i_local, o].
 // Every output row is summed by one thread in that fixed order, so results are
 // bitwise identical at any thread count. Three paths, chosen by shape alone:
-// groups == 1 with out_channels a multiple of 16 keeps fixed row pairs' accumulators
-// in vector registers (convolve_rows_in_registers), or, when the weight is larger than
-// about a quarter of L2, walks fixed blocks of 64 rows tap by tap so each weight slice is
-// reused by the whole block, four rows at a time (convolve_row_blocks; the same per-row
-// sums, bit for bit); anything else processes rows in
-// blocks, handling the rows that have tap k four at a time (convolve_range).
+// groups == 1 keeps fixed row pairs' accumulators in vector registers
+// (convolve_rows_in_registers), or, when the weight is larger than about a quarter of L2,
+// walks fixed blocks of output rows (sized to stay in L2) tap by tap so each packed weight
+// slice is reused by the whole block, four rows at a time (convolve_row_blocks; the same
+// per-row sums, bit for bit); out_channels not a multiple of 16 are padded with zero weight
+// columns to one. Grouped layers process rows in blocks, handling the rows that have tap k
+// four at a time (convolve_range). The weight may have any strides: it is packed once per
+// call (pack_weight), which also replaces the layers' layout copies.
 //
 // sparse_conv_weight_grad: grad_weight[k, i_local, o] = sum over m (in order) of
 //   features[neighbors[m, k], i] * grad_output[m, o]; the map is first regrouped into per-tap pair lists,
-//   then each task walks one tap's list (register-blocked tiles when groups == 1 and out_channels is a
-//   multiple of 16, else one task per (tap, input-channel block)).
+//   then each task walks one tap's list (register-blocked tiles when groups == 1, with output-gradient
+//   columns zero-padded to a multiple of 16, else one task per (tap, input-channel block)).
 //
 // The input gradient is sparse_conv itself, on the inverse map with the
 // transposed weight (see sparsevision/ops/sparse_conv.py). Half and bfloat16
@@ -27,6 +29,10 @@
 #include <algorithm>
 #include <cstring>
 #include <vector>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #include "../sparse_conv.h"
 #include "vectors.h"
@@ -213,19 +219,33 @@ SV_VECTOR_CLONES void convolve_rows_in_registers(const scalar_t* features, const
 }
 
 // Wide layers (the weight over about a quarter of L2, see use_row_blocks): the same per-row sums as
-// convolve_rows_in_registers, in another loop order. Fixed blocks of kWideRowBlock output rows keep their
-// accumulators in a small buffer; for each tap k and Chunk output channels, the weight slice serves every row of the
-// block that has tap k, four rows at a time (so each weight vector is loaded once for four rows). With enough rows
-// (kPackRows) the weight is first repacked as [taps][out / Chunk][in][Chunk] and also split into kInputBlock input
-// channels, so each slice is contiguous and stays in L1; with few rows the repack would cost more than it saves and
-// the kernel reads the [taps][in][out] weight as it is. Each row still adds taps in order and, within a tap, input
-// channels in order, one multiply-add per channel as in the other path (the accumulators are stored and reloaded
-// exactly between input-channel blocks, and rows never mix), so results are bitwise identical to it whatever rows
-// are grouped together and whichever weight layout is read.
-constexpr int64_t kWideRowBlock = 64;
-constexpr int64_t kPackRows = 4096;
-// Input channels per weight slice: one [kInputBlock, Chunk] slice of float32 is 16 KB, so it stays in L1.
-constexpr int64_t kWideSliceBytes = 16 * 1024;
+// convolve_rows_in_registers, in another loop order. Fixed blocks of output rows (RowBlocks) keep their accumulators
+// in a buffer that stays in L2; for each tap k and Chunk output channels, the weight slice serves every row of the
+// block that has tap k, four rows at a time (so each weight vector is loaded once for four rows). The weight comes
+// packed as [taps][out / Chunk][in][Chunk] (pack_weight), read in slices of up to kWideSliceBytes. Each row still
+// adds taps in order and, within a tap, input channels in order, one multiply-add per channel as in the other path
+// (the accumulators are stored and reloaded exactly between input-channel slices, and rows never mix), so results
+// are bitwise identical to it whatever rows are grouped together.
+// Weight slice bytes: 256 input channels x 64 outputs of float32, read from L2. On Zen 4 this beat 16 KB slices held
+// in L1 (one accumulator load and store per four rows every 256 input channels instead of every 64).
+constexpr int64_t kWideSliceBytes = 64 * 1024;
+// Accumulator bytes per row block (kept in L2 with the gathered rows); at least kMinBlockRows rows per block.
+constexpr int64_t kBlockBytes = 384 * 1024;
+constexpr int64_t kMinBlockRows = 64;
+
+// Output rows split into `count` blocks of `rows` (the last may be shorter): as few blocks as the accumulator budget
+// allows, but at least one per thread while blocks keep kMinBlockRows rows.
+struct RowBlocks {
+  int64_t rows, count;
+
+  RowBlocks(int64_t outputs, int64_t out_channels, int64_t element_bytes) {
+    const int64_t budget_rows = std::max(kMinBlockRows, kBlockBytes / (out_channels * element_bytes));
+    const int64_t wanted = std::max(at::divup(outputs, budget_rows),
+                                    std::min<int64_t>(at::get_num_threads(), at::divup(outputs, kMinBlockRows)));
+    rows = at::divup(outputs, std::max<int64_t>(1, wanted));
+    count = at::divup(outputs, rows);
+  }
+};
 
 template <int Vectors, typename acc_t>
 inline __attribute__((always_inline)) void accumulate_row_quad(const acc_t* const* x, const acc_t* w,
@@ -246,23 +266,22 @@ inline __attribute__((always_inline)) void accumulate_row_quad(const acc_t* cons
 
 template <int Chunk, typename scalar_t, typename acc_t>
 SV_VECTOR_CLONES void convolve_row_blocks(const scalar_t* features, const acc_t* weight, const int32_t* neighbors,
-                                          scalar_t* out, const ConvShape* shape, bool packed,
+                                          scalar_t* out, const ConvShape* shape, int64_t block_rows,
                                           int64_t first_block, int64_t last_block) {
   const int64_t taps = shape->taps, in_channels = shape->in_channels, out_channels = shape->out_channels;
   const int64_t chunks = out_channels / Chunk;
   constexpr bool convert = !std::is_same_v<scalar_t, acc_t>;
   constexpr int kVectors = Chunk / kLanes<acc_t>;
-  const int64_t input_block = packed ? kWideSliceBytes / (Chunk * int64_t(sizeof(acc_t))) : in_channels;
-  const int64_t stride = packed ? Chunk : out_channels;   // packed weight: [taps][out / Chunk][in][Chunk]
-  std::vector<acc_t> acc(kWideRowBlock * out_channels);
-  std::vector<acc_t> converted(convert ? kWideRowBlock * in_channels : 0);
+  const int64_t input_block = kWideSliceBytes / (Chunk * int64_t(sizeof(acc_t)));
+  std::vector<acc_t> acc(block_rows * out_channels);
+  std::vector<acc_t> converted(convert ? block_rows * in_channels : 0);
+  std::vector<int> row(block_rows);
+  std::vector<const acc_t*> x(block_rows);
   for (int64_t block = first_block; block < last_block; ++block) {
-    const int64_t first = block * kWideRowBlock, rows = std::min(shape->outputs, first + kWideRowBlock) - first;
+    const int64_t first = block * block_rows, rows = std::min(shape->outputs, first + block_rows) - first;
     std::fill(acc.begin(), acc.begin() + rows * out_channels, acc_t(0));
     for (int64_t k = 0; k < taps; ++k) {
       int count = 0;
-      int row[kWideRowBlock];
-      const acc_t* x[kWideRowBlock];
       for (int r = 0; r < rows; ++r) {
         const int32_t n = neighbors[(first + r) * taps + k];
         if (n < 0) continue;
@@ -278,11 +297,10 @@ SV_VECTOR_CLONES void convolve_row_blocks(const scalar_t* features, const acc_t*
       }
       if (count == 0) continue;
       for (int64_t c = 0; c < chunks; ++c) {
-        const acc_t* w_chunk = packed ? weight + (k * chunks + c) * in_channels * Chunk
-                                      : weight + k * in_channels * out_channels + c * Chunk;
+        const acc_t* w_chunk = weight + (k * chunks + c) * in_channels * Chunk;
         for (int64_t i0 = 0; i0 < in_channels; i0 += input_block) {
           const int64_t width = std::min(input_block, in_channels - i0);
-          const acc_t* w = w_chunk + i0 * stride;
+          const acc_t* w = w_chunk + i0 * Chunk;
           int start = 0;
           for (; start + 4 <= count; start += 4) {
             Vector<acc_t> a[4][kVectors];
@@ -292,7 +310,7 @@ SV_VECTOR_CLONES void convolve_row_blocks(const scalar_t* features, const acc_t*
               for (int v = 0; v < kVectors; ++v) a[q][v] = load_vector(source + v * kLanes<acc_t>);
               xs[q] = x[start + q] + i0;
             }
-            accumulate_row_quad<kVectors>(xs, w, width, stride, a);
+            accumulate_row_quad<kVectors>(xs, w, width, Chunk, a);
             for (int q = 0; q < 4; ++q) {
               acc_t* target = acc.data() + row[start + q] * out_channels + c * Chunk;
               for (int v = 0; v < kVectors; ++v) std::memcpy(target + v * kLanes<acc_t>, &a[q][v], sizeof(a[q][v]));
@@ -305,10 +323,10 @@ SV_VECTOR_CLONES void convolve_row_blocks(const scalar_t* features, const acc_t*
             if (start + 1 < count) {
               acc_t* t1 = acc.data() + row[start + 1] * out_channels + c * Chunk;
               for (int v = 0; v < kVectors; ++v) a1[v] = load_vector(t1 + v * kLanes<acc_t>);
-              accumulate_row_pair<kVectors>(x[start] + i0, x[start + 1] + i0, w, width, stride, a0, a1);
+              accumulate_row_pair<kVectors>(x[start] + i0, x[start + 1] + i0, w, width, Chunk, a0, a1);
               for (int v = 0; v < kVectors; ++v) std::memcpy(t1 + v * kLanes<acc_t>, &a1[v], sizeof(a1[v]));
             } else {
-              accumulate_row<kVectors>(x[start] + i0, w, width, stride, a0);
+              accumulate_row<kVectors>(x[start] + i0, w, width, Chunk, a0);
             }
             for (int v = 0; v < kVectors; ++v) std::memcpy(t0 + v * kLanes<acc_t>, &a0[v], sizeof(a0[v]));
           }
@@ -332,6 +350,110 @@ bool use_row_blocks(const ConvShape& shape) {
   return shape.taps * shape.in_channels * shape.out_channels * int64_t(sizeof(acc_t)) > kWideWeightBytes;
 }
 
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define SV_AVX512_TRANSPOSE 1
+// GCC 12's intrinsics start some results from _mm512_undefined_*, which -Wuninitialized reports falsely.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+// to[j * to_stride + i] = from[i * from_stride + j] for a 16 x 16 block of floats, in AVX-512 registers: pairs of
+// rows interleaved as 32-, 64-, then 128-bit and 256-bit lanes.
+__attribute__((target("avx512f"))) void transpose_16x16(const float* from, int64_t from_stride, float* to,
+                                                         int64_t to_stride) {
+  __m512 rows[16], mixed[16];
+  for (int r = 0; r < 16; ++r) rows[r] = _mm512_loadu_ps(from + r * from_stride);
+  for (int r = 0; r < 16; r += 2) {
+    mixed[r] = _mm512_unpacklo_ps(rows[r], rows[r + 1]);
+    mixed[r + 1] = _mm512_unpackhi_ps(rows[r], rows[r + 1]);
+  }
+  for (int r = 0; r < 16; r += 4) {
+    for (int h = 0; h < 2; ++h) {
+      const __m512d low = _mm512_castps_pd(mixed[r + h]), high = _mm512_castps_pd(mixed[r + h + 2]);
+      rows[r + 2 * h] = _mm512_castpd_ps(_mm512_unpacklo_pd(low, high));
+      rows[r + 2 * h + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(low, high));
+    }
+  }
+  for (int r = 0; r < 16; r += 8) {
+    for (int q = 0; q < 4; ++q) {
+      mixed[r + q] = _mm512_shuffle_f32x4(rows[r + q], rows[r + q + 4], 0x88);
+      mixed[r + q + 4] = _mm512_shuffle_f32x4(rows[r + q], rows[r + q + 4], 0xdd);
+    }
+  }
+  for (int q = 0; q < 8; ++q) {
+    _mm512_storeu_ps(to + q * to_stride, _mm512_shuffle_f32x4(mixed[q], mixed[q + 8], 0x88));
+    _mm512_storeu_ps(to + (q + 8) * to_stride, _mm512_shuffle_f32x4(mixed[q], mixed[q + 8], 0xdd));
+  }
+}
+#pragma GCC diagnostic pop
+#endif
+
+// weight[k, i, c * chunk + j] (a [taps, in, out] tensor of any strides) -> target[((k * chunks + c) * in + i) *
+// chunk + j] as acc_t: [taps][out / chunk][in][chunk], which is plain [taps][in][out] for chunk = out. This replaces a
+// separate contiguous() copy. A view with contiguous input channels (the layers' view of spconv's [out, taps, in]
+// weight) is transposed in 16 x 16 tiles (in AVX-512 registers for float32 where the CPU has it), anything else
+// element by element in 8 x 8 tiles.
+template <typename scalar_t, typename acc_t>
+void pack_weight(const at::Tensor& weight, int64_t chunk, acc_t* target) {
+  constexpr int kTile = 8, kWideTile = 16;
+  const int64_t taps = weight.size(0), in_channels = weight.size(1), out_channels = weight.size(2);
+  const int64_t chunks = out_channels / chunk;
+  const int64_t tap_stride = weight.stride(0), in_stride = weight.stride(1), out_stride = weight.stride(2);
+  const scalar_t* source = weight.data_ptr<scalar_t>();
+  bool registers = false;
+#ifdef SV_AVX512_TRANSPOSE
+  registers = std::is_same_v<scalar_t, float> && std::is_same_v<acc_t, float> && in_stride == 1 &&
+              __builtin_cpu_supports("avx512f");
+#endif
+  at::parallel_for(0, taps * chunks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t slice_index = begin; slice_index < end; ++slice_index) {
+      const int64_t k = slice_index / chunks, c = slice_index % chunks;
+      acc_t* slice = target + slice_index * in_channels * chunk;
+      const scalar_t* weights = source + k * tap_stride + c * chunk * out_stride;
+      if (out_stride == 1) {
+        for (int64_t i = 0; i < in_channels; ++i) {
+          for (int64_t j = 0; j < chunk; ++j) slice[i * chunk + j] = static_cast<acc_t>(weights[i * in_stride + j]);
+        }
+        continue;
+      }
+      const int64_t tile = registers ? kWideTile : kTile;
+      for (int64_t i0 = 0; i0 < in_channels; i0 += tile) {
+        for (int64_t j0 = 0; j0 < chunk; j0 += tile) {
+          const bool whole = i0 + tile <= in_channels && j0 + tile <= chunk;
+#ifdef SV_AVX512_TRANSPOSE
+          if constexpr (std::is_same_v<scalar_t, float> && std::is_same_v<acc_t, float>) {
+            if (registers && whole) {
+              transpose_16x16(weights + j0 * out_stride + i0, out_stride, slice + i0 * chunk + j0, chunk);
+              continue;
+            }
+          }
+#endif
+          if (in_stride == 1 && whole && tile == kTile) {   // fixed bounds: loads along i, stores along j
+            acc_t block[kTile][kTile];
+            for (int j = 0; j < kTile; ++j) {
+              for (int i = 0; i < kTile; ++i) block[i][j] = static_cast<acc_t>(weights[(j0 + j) * out_stride + i0 + i]);
+            }
+            for (int i = 0; i < kTile; ++i) std::memcpy(slice + (i0 + i) * chunk + j0, block[i], sizeof(block[i]));
+            continue;
+          }
+          for (int64_t i = i0; i < std::min(in_channels, i0 + tile); ++i) {
+            for (int64_t j = j0; j < std::min(chunk, j0 + tile); ++j) {
+              slice[i * chunk + j] = static_cast<acc_t>(weights[j * out_stride + i * in_stride]);
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+// The calling thread's buffer for packed weights, reused from call to call: a fresh allocation of a few MB would be
+// paid again in page faults on every call.
+template <typename acc_t>
+acc_t* packing_buffer(int64_t elements) {
+  thread_local std::vector<acc_t> buffer;
+  if (int64_t(buffer.size()) < elements) buffer.resize(elements);
+  return buffer.data();
+}
+
 ConvShape conv_shape(const at::Tensor& features, const at::Tensor& weight, const at::Tensor& neighbors,
                      int64_t groups) {
   return ConvShape{neighbors.size(0), neighbors.size(1), features.size(1), weight.size(2), groups,
@@ -347,45 +469,48 @@ at::Tensor sparse_conv_cpu(const at::Tensor& features_in, const at::Tensor& weig
   const ConvShape shape = conv_shape(features, weight_in, neighbors, groups);
   at::Tensor out = at::empty({shape.outputs, shape.out_channels}, features.options());
   if (out.numel() == 0) return out;
+  if (groups == 1 && shape.out_channels % 16 != 0) {
+    // Zero weight columns up to a multiple of 16 outputs put the layer on a register-blocked path (many times faster
+    // than convolve_range, e.g. for a stem's input gradient with 4 outputs); the real outputs' sums are unchanged.
+    at::Tensor padded = at::zeros({shape.taps, shape.in_channels, at::divup(shape.out_channels, 16) * 16},
+                                  weight_in.options());
+    padded.narrow(2, 0, shape.out_channels).copy_(weight_in);
+    return sparse_conv_cpu(features, padded, neighbors, inverse_neighbors, 1).narrow(1, 0, shape.out_channels)
+        .contiguous();
+  }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, features.scalar_type(), "sparse_conv_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const at::Tensor weight = weight_in.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
     const scalar_t* x = features.data_ptr<scalar_t>();
-    const acc_t* w = weight.data_ptr<acc_t>();
     const int32_t* map = neighbors.data_ptr<int32_t>();
     scalar_t* y = out.data_ptr<scalar_t>();
+    auto packed_weight = [&](int64_t chunk) -> const acc_t* {
+      if (chunk == shape.out_channels && std::is_same_v<scalar_t, acc_t> && weight_in.is_contiguous()) {
+        return reinterpret_cast<const acc_t*>(weight_in.data_ptr<scalar_t>());
+      }
+      acc_t* packed = packing_buffer<acc_t>(weight_in.numel());
+      pack_weight<scalar_t, acc_t>(weight_in, chunk, packed);
+      return packed;
+    };
     auto in_registers = [&](auto kernel) {
+      const acc_t* w = packed_weight(shape.out_channels);
       at::parallel_for(0, (shape.outputs + 1) / 2, kRowBlock / 2, [&](int64_t begin, int64_t end) {
         kernel(x, w, map, y, &shape, begin, end);
       });
     };
     auto in_row_blocks = [&](auto kernel, int64_t chunk) {
-      // With enough rows, the weight repacked as [taps][out / chunk][in][chunk]: each (tap, chunk) slice contiguous.
-      const bool pack = shape.outputs >= kPackRows;
-      at::Tensor packed = weight;
-      if (pack) {
-        packed = at::empty_like(weight);
-        const acc_t* source = weight.data_ptr<acc_t>();
-        acc_t* target = packed.data_ptr<acc_t>();
-        const int64_t chunks = shape.out_channels / chunk, in_channels = shape.in_channels;
-        at::parallel_for(0, shape.taps * in_channels, 64, [&](int64_t begin, int64_t end) {
-          for (int64_t row = begin; row < end; ++row) {   // row = k * in + i
-            const int64_t k = row / in_channels, i = row % in_channels;
-            for (int64_t c = 0; c < chunks; ++c) {
-              std::memcpy(target + ((k * chunks + c) * in_channels + i) * chunk,
-                          source + row * shape.out_channels + c * chunk, chunk * sizeof(acc_t));
-            }
-          }
-        });
-      }
-      const acc_t* p = packed.data_ptr<acc_t>();
-      at::parallel_for(0, at::divup(shape.outputs, kWideRowBlock), 1, [&](int64_t begin, int64_t end) {
-        kernel(x, p, map, y, &shape, pack, begin, end);
+      const acc_t* w = packed_weight(chunk);
+      const RowBlocks blocks(shape.outputs, shape.out_channels, sizeof(acc_t));
+      at::parallel_for(0, blocks.count, 1, [&](int64_t begin, int64_t end) {
+        kernel(x, w, map, y, &shape, blocks.rows, begin, end);
       });
     };
     const bool wide = groups == 1 && shape.out_channels % 16 == 0 && use_row_blocks<acc_t>(shape);
     if (wide && shape.out_channels % 64 == 0) {
       in_row_blocks(convolve_row_blocks<64, scalar_t, acc_t>, 64);
+    } else if (wide && shape.out_channels % 96 == 0) {
+      in_row_blocks(convolve_row_blocks<96, scalar_t, acc_t>, 96);
+    } else if (wide && shape.out_channels % 48 == 0) {
+      in_row_blocks(convolve_row_blocks<48, scalar_t, acc_t>, 48);
     } else if (wide && shape.out_channels % 32 == 0) {
       in_row_blocks(convolve_row_blocks<32, scalar_t, acc_t>, 32);
     } else if (wide) {
@@ -397,6 +522,7 @@ at::Tensor sparse_conv_cpu(const at::Tensor& features_in, const at::Tensor& weig
     } else if (groups == 1 && shape.out_channels % 16 == 0) {
       in_registers(convolve_rows_in_registers<16, scalar_t, acc_t>);
     } else {
+      const acc_t* w = packed_weight(shape.out_channels);
       const int64_t blocks = (shape.outputs + kRowBlock - 1) / kRowBlock;
       at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
         convolve_range<scalar_t, acc_t>(x, w, map, y, &shape, begin, end);
@@ -456,7 +582,7 @@ SV_VECTOR_CLONES void weight_grad_range(const scalar_t* features, const scalar_t
 
 // groups == 1 and out_channels a multiple of Chunk: one task per (tap, group of up to kGroupWidth output
 // channels; single Chunks for taps < 4, so kernel-1 layers still split). The tap's pairs are walked in tiles of
-// kTile: their input rows are gathered once for the whole group, in groups of 4 channels ([channel / 4][pair][4], so
+// at most kTile pairs, of even sizes: their input rows are gathered once for the whole group, in groups of 4 channels ([channel / 4][pair][4], so
 // a register block reads them sequentially), and their gradient rows per Chunk ([chunk][pair][Chunk], contiguous);
 // the next tile's rows are prefetched meanwhile. For every 4 input channels the 4 x Chunk block of the tap's gradient
 // is held in registers over the tile, loaded from and stored to grad_weight itself (zero before the first tile).
@@ -468,7 +594,7 @@ template <int Chunk, typename scalar_t, typename acc_t>
 SV_VECTOR_CLONES void weight_grad_in_registers(const scalar_t* features, const scalar_t* grad_output,
                                                const PairsByTap* pairs, acc_t* grad_weight, const ConvShape* shape,
                                                int64_t group_chunks, int64_t begin, int64_t end) {
-  constexpr int kInputs = 4, kTile = 64;
+  constexpr int kInputs = 4, kTile = 128;
   constexpr int kVectors = Chunk / kLanes<acc_t>;
   const int64_t in_channels = shape->in_channels, out_channels = shape->out_channels;
   const int64_t padded_inputs = (in_channels + kInputs - 1) / kInputs * kInputs;
@@ -486,8 +612,9 @@ SV_VECTOR_CLONES void weight_grad_in_registers(const scalar_t* features, const s
       }
       continue;
     }
-    for (int64_t first = tap_begin; first < tap_end; first += kTile) {
-      const int tile = static_cast<int>(std::min<int64_t>(kTile, tap_end - first));
+    const int64_t tile_pairs = at::divup(tap_end - tap_begin, at::divup(tap_end - tap_begin, kTile));   // even tiles
+    for (int64_t first = tap_begin; first < tap_end; first += tile_pairs) {
+      const int tile = static_cast<int>(std::min<int64_t>(tile_pairs, tap_end - first));
       for (int t = 0; t < tile; ++t) {
         const scalar_t* x = features + int64_t(pairs->inputs[first + t]) * in_channels;
         const scalar_t* dy = grad_output + int64_t(pairs->outputs[first + t]) * out_channels + c0 * Chunk;
@@ -508,8 +635,8 @@ SV_VECTOR_CLONES void weight_grad_in_registers(const scalar_t* features, const s
           }
         }
       }
-      const int64_t next_end = std::min(tap_end, first + 2 * kTile);
-      for (int64_t q = first + kTile; q < next_end; ++q) {
+      const int64_t next_end = std::min(tap_end, first + 2 * tile_pairs);
+      for (int64_t q = first + tile_pairs; q < next_end; ++q) {
         const char* x = reinterpret_cast<const char*>(features + int64_t(pairs->inputs[q]) * in_channels);
         const char* dy = reinterpret_cast<const char*>(grad_output + int64_t(pairs->outputs[q]) * out_channels +
                                                        c0 * Chunk);
@@ -521,24 +648,24 @@ SV_VECTOR_CLONES void weight_grad_in_registers(const scalar_t* features, const s
         for (int64_t i0 = 0; i0 < padded_inputs; i0 += kInputs) {
           const int valid = static_cast<int>(std::min<int64_t>(kInputs, in_channels - i0));
           acc_t* target = dw + i0 * out_channels + c * Chunk;
-          Vector<acc_t> acc[kInputs][kVectors] = {};
-          if (first != tap_begin) {
-            for (int r = 0; r < valid; ++r) {
-              for (int v = 0; v < kVectors; ++v) acc[r][v] = load_vector(target + r * out_channels + v * kLanes<acc_t>);
+          Vector<acc_t> acc[kInputs][kVectors];
+          for (int r = 0; r < kInputs; ++r) {
+            for (int v = 0; v < kVectors; ++v) {
+              acc[r][v] = first != tap_begin && r < valid ? load_vector(target + r * out_channels + v * kLanes<acc_t>)
+                                                          : Vector<acc_t>{};
             }
           }
           const acc_t* x = inputs_tile.data() + i0 * kTile;   // [pair][kInputs]
-          for (int t = 0; t < tile; ++t) {
+          const acc_t* gradient = gradients;                  // [pair][Chunk]
+          for (const acc_t* x_end = x + int64_t(tile) * kInputs; x != x_end; x += kInputs, gradient += Chunk) {
             Vector<acc_t> dy[kVectors];
-            for (int v = 0; v < kVectors; ++v) dy[v] = load_vector(&gradients[t * Chunk + v * kLanes<acc_t>]);
+            for (int v = 0; v < kVectors; ++v) dy[v] = load_vector(gradient + v * kLanes<acc_t>);
             for (int r = 0; r < kInputs; ++r) {
-              for (int v = 0; v < kVectors; ++v) acc[r][v] += x[t * kInputs + r] * dy[v];
+              for (int v = 0; v < kVectors; ++v) acc[r][v] += x[r] * dy[v];
             }
           }
           for (int r = 0; r < valid; ++r) {
-            for (int v = 0; v < kVectors; ++v) {
-              std::memcpy(target + r * out_channels + v * kLanes<acc_t>, &acc[r][v], sizeof(acc[r][v]));
-            }
+            for (int v = 0; v < kVectors; ++v) store_vector(target + r * out_channels + v * kLanes<acc_t>, acc[r][v]);
           }
         }
       }
@@ -557,6 +684,14 @@ at::Tensor sparse_conv_weight_grad_cpu(const at::Tensor& features_in, const at::
   const int64_t taps = neighbors.size(1), in_per_group = features.size(1) / groups;
   const ConvShape shape{neighbors.size(0), taps, features.size(1), grad_output.size(1), groups, in_per_group,
                         grad_output.size(1) / groups};
+  if (groups == 1 && shape.out_channels % 16 != 0 && shape.outputs > 0) {
+    // As in sparse_conv_cpu: zero output-gradient columns up to a multiple of 16 for the register-blocked path.
+    at::Tensor padded = at::zeros({shape.outputs, at::divup(shape.out_channels, 16) * 16}, grad_output.options());
+    padded.narrow(1, 0, shape.out_channels).copy_(grad_output);
+    return sparse_conv_weight_grad_cpu(features, padded, neighbors, inverse_neighbors, 1)
+        .narrow(2, 0, shape.out_channels)
+        .contiguous();
+  }
   at::Tensor result;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, features.scalar_type(), "sparse_conv_wgrad_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -581,6 +716,8 @@ at::Tensor sparse_conv_weight_grad_cpu(const at::Tensor& features_in, const at::
       };
       if (in_registers && shape.out_channels % 64 == 0) {
         run(weight_grad_in_registers<64, scalar_t, acc_t>, 64);
+      } else if (in_registers && shape.out_channels % 48 == 0) {
+        run(weight_grad_in_registers<48, scalar_t, acc_t>, 48);
       } else if (in_registers && shape.out_channels % 32 == 0) {
         run(weight_grad_in_registers<32, scalar_t, acc_t>, 32);
       } else if (in_registers) {

@@ -36,4 +36,9 @@ inline __attribute__((always_inline)) Vector<T> load_vector(const T* source) {
   return value;
 }
 
+template <typename T>
+inline __attribute__((always_inline)) void store_vector(T* target, Vector<T> value) {
+  std::memcpy(target, &value, sizeof(value));
+}
+
 }  // namespace sparsevision

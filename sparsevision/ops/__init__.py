@@ -4,6 +4,7 @@ Every op is a ``torch.library`` custom op ``sparsevision::<name>`` with a
 fake implementation (``torch.compile`` traces it) and autograd where it has a
 gradient; :mod:`sparsevision.ops.reference` holds its pure-PyTorch definition.
 """
+from .batch_norm import batch_norm_rows
 from .kernel_map import (build_kernel_map, check_indices, downsample_indices, invert_kernel_map,
                          submanifold_kernel_map)
 from .library import EXTENSION, ExtensionInfo
@@ -17,6 +18,6 @@ def extension_info() -> ExtensionInfo:
     return EXTENSION
 
 
-__all__ = ['ExtensionInfo', 'build_kernel_map', 'check_indices', 'downsample_indices', 'extension_info',
-           'gather_tokens', 'invert_kernel_map', 'merge_tokens', 'scatter_tokens', 'select_tokens', 'sparse_conv',
-           'spike_sparse_conv', 'submanifold_kernel_map', 'transpose_weight', 'unmerge_tokens']
+__all__ = ['ExtensionInfo', 'batch_norm_rows', 'build_kernel_map', 'check_indices', 'downsample_indices',
+           'extension_info', 'gather_tokens', 'invert_kernel_map', 'merge_tokens', 'scatter_tokens', 'select_tokens',
+           'sparse_conv', 'spike_sparse_conv', 'submanifold_kernel_map', 'transpose_weight', 'unmerge_tokens']

@@ -4,7 +4,7 @@ Each function here is the readable definition of an op: the native kernels in
 ``csrc/`` are tested against it, and it runs in their place when the extension
 ``sparsevision._C`` is not built.
 """
-from typing import List
+from typing import List, Optional
 
 import torch
 
@@ -229,3 +229,37 @@ def select_tokens(scores: torch.Tensor, keep: int, num_prefix: int) -> torch.Ten
     chosen = by_score.gather(1, nan_last)[:, :keep].sort(dim=1).values + num_prefix
     prefix = torch.arange(num_prefix, device=scores.device).expand(scores.shape[0], -1)
     return torch.cat([prefix, chosen], dim=1)
+
+
+def column_sums(rows: torch.Tensor) -> torch.Tensor:
+    """``rows.sum(0)`` for ``[N, C]``, parallel over columns only (a single column is padded to two, since torch
+    splits a one-column sum across threads), so the result does not depend on the thread count."""
+    padded = rows if rows.shape[1] > 1 else torch.cat([rows, torch.zeros_like(rows)], dim=1)
+    return padded.sum(dim=0)[:rows.shape[1]]
+
+
+def row_batch_norm(rows: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
+                   eps: float):
+    """Training-mode batch norm over the rows of ``[N, C]``: ``(out, mean, var)``, ``var`` biased."""
+    count = rows.shape[0]
+    mean = column_sums(rows) / count
+    centred = rows - mean
+    var = column_sums(centred * centred) / count
+    scale = torch.rsqrt(var + eps)
+    if weight is not None:
+        scale = scale * weight
+    out = centred * scale if bias is None else torch.addcmul(bias, centred, scale)
+    return out, mean, var
+
+
+def row_batch_norm_backward(grad_out: torch.Tensor, rows: torch.Tensor, mean: torch.Tensor, var: torch.Tensor,
+                            weight: Optional[torch.Tensor], eps: float):
+    """Gradients of :func:`row_batch_norm`'s ``out`` for ``rows``, ``weight`` and ``bias``."""
+    count = rows.shape[0]
+    invstd = torch.rsqrt(var + eps)
+    normalised = (rows - mean) * invstd
+    grad_bias = column_sums(grad_out)
+    grad_weight = column_sums(grad_out * normalised)
+    scale = invstd if weight is None else invstd * weight
+    grad_rows = scale * (grad_out - grad_bias / count - normalised * (grad_weight / count))
+    return grad_rows, grad_weight, grad_bias

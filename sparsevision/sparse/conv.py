@@ -89,7 +89,7 @@ class SparseConvolution(SparseModule):
         else:
             taps = math.prod(self.kernel_size)
             weight = self.weight.reshape(self.out_channels, taps, -1).permute(1, 2, 0).to(x.features.dtype)
-        features = self.convolve(x.features, weight.contiguous(), kernel_map)
+        features = self.convolve(x.features, weight, kernel_map)   # a view: the kernel packs it in one pass
         if self.bias is not None:
             features = features + self.bias.to(features.dtype)
         return SparseTensor._derived(features, kernel_map.out_indices, kernel_map.out_spatial_shape, x.batch_size,

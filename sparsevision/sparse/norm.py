@@ -4,6 +4,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
+from .. import ops
 from .modules import SparseModule
 from .tensor import SparseTensor
 
@@ -14,27 +15,23 @@ def row_batch_norm(rows: torch.Tensor, running_mean: Optional[torch.Tensor], run
     """``F.batch_norm`` over the rows of ``[N, C]``, bitwise the same at any thread count.
 
     PyTorch's CPU batch norm splits its statistics across threads, so its
-    rounding depends on the thread count; here every statistic is a per-column
-    sum (parallel over columns only). Same arguments as ``F.batch_norm``.
+    rounding depends on the thread count; here batch statistics come from
+    :func:`~sparsevision.ops.batch_norm_rows`, whose sums do not. Same
+    arguments as ``F.batch_norm``.
     """
     if training or running_mean is None:
         count = rows.shape[0]
         if count < 2 and training:
             raise ValueError(f'batch norm in training needs more than one value per channel, got {count} row(s)')
-        padded = rows if rows.shape[1] > 1 else torch.cat([rows, torch.zeros_like(rows)], dim=1)
-        mean = (padded.sum(dim=0) / count)[:rows.shape[1]]
-        centred = rows - mean
-        padded = centred if rows.shape[1] > 1 else torch.cat([centred, torch.zeros_like(centred)], dim=1)
-        var = ((padded * padded).sum(dim=0) / count)[:rows.shape[1]]
+        out, mean, var = ops.batch_norm_rows(rows, weight, bias, eps)
         if training and running_mean is not None:
             with torch.no_grad():
-                running_mean.mul_(1 - momentum).add_(mean.detach().to(running_mean.dtype), alpha=momentum)
-                unbiased = var.detach().to(running_var.dtype) * (count / (count - 1))
+                running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
+                unbiased = var.to(running_var.dtype) * (count / (count - 1))
                 running_var.mul_(1 - momentum).add_(unbiased, alpha=momentum)
-    else:
-        mean, var = running_mean.to(rows.dtype), running_var.to(rows.dtype)
-        centred = rows - mean
-    scale = torch.rsqrt(var + eps)
+        return out
+    centred = rows - running_mean.to(rows.dtype)
+    scale = torch.rsqrt(running_var.to(rows.dtype) + eps)
     if weight is not None:
         scale = scale * weight
     return centred * scale if bias is None else torch.addcmul(bias, centred, scale)

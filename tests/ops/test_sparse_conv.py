@@ -95,6 +95,32 @@ def test_gradcheck_float64(strided, groups):
     assert torch.autograd.gradgradcheck(lambda x, w: ops.sparse_conv(x, w, neighbors, inverse, groups), inputs)
 
 
+@pytest.mark.parametrize('strided', [False, True])
+def test_gradcheck_float64_through_an_out_major_weight_view(strided):
+    """The layers' view of spconv's [out, taps, in] weight (16 input channels: the transposed weight gradient)."""
+    features, _, neighbors, inverse = make_case(20, [4, 4, 4], 1, 16, 2, strided=strided)
+    spconv_layout = torch.randn(2, neighbors.shape[1], 16, dtype=torch.float64, requires_grad=True)
+    inputs = (features.requires_grad_(), spconv_layout)
+
+    def run(x, w):
+        return ops.sparse_conv(x, w.permute(1, 2, 0), neighbors, inverse, 1)
+    assert torch.autograd.gradcheck(run, inputs)
+    assert torch.autograd.gradgradcheck(run, inputs)
+
+
+def test_out_major_weight_gets_its_gradient_with_contiguous_rows():
+    """The [out, taps, in] parameter's gradient arrives with contiguous input-channel rows (stored by a row copy, not
+    an element-wise transpose) and equals the reference."""
+    features, _, neighbors, inverse = make_case(300, [8, 8, 8], 1, 32, 48)
+    spconv_layout = torch.randn(48, neighbors.shape[1], 32, dtype=torch.float64, requires_grad=True)
+    out = ops.sparse_conv(features, spconv_layout.permute(1, 2, 0), neighbors, inverse, 1)
+    grad_output = torch.randn_like(out)
+    (grad,) = torch.autograd.grad(out, spconv_layout, grad_output)
+    assert grad.stride(2) == 1 and grad.stride(0) == 32
+    expected = reference.sparse_conv_weight_grad(features, grad_output, neighbors, inverse, 1).permute(2, 0, 1)
+    torch.testing.assert_close(grad, expected, rtol=1e-12, atol=1e-12)
+
+
 def test_opcheck():
     features, weight, neighbors, inverse = make_case(80, [5, 5, 5], 2, 3, 4, strided=True)
     torch.library.opcheck(SPARSE_CONV, (features.requires_grad_(), weight.requires_grad_(), neighbors, inverse, 2))
@@ -102,8 +128,8 @@ def test_opcheck():
                                                                         requires_grad=True), neighbors, inverse, 2))
 
 
-# (sites, in, out): register-blocked rows (32 x 64 channels), generic (24 outputs), and the wide row-block path
-# (weight over 256 KB) reading the weight as it is (< 4096 rows) and repacked (>= 4096 rows).
+# (sites, in, out): register-blocked rows (32 x 64 channels; 24 outputs zero-padded to 32), and the wide row-block path
+# (weight over 256 KB; 48-channel chunks for 96 outputs), whose row blocks depend on the thread count.
 @pytest.mark.parametrize('count, in_per_group, out_per_group', [(4000, 32, 64), (4000, 32, 24), (4000, 32, 256),
                                                                  (1500, 96, 96), (4500, 96, 96), (4500, 64, 64)])
 def test_bitwise_identical_across_threads(count, in_per_group, out_per_group):
@@ -135,8 +161,8 @@ def test_wide_path_adds_in_the_same_order_as_the_register_path():
 
 def test_wide_path_matches_narrow_path_and_reference_at_256_channels():
     """256 -> 256: a 2-tap map whose second tap is empty (512 KB weight: wide path) gives exactly what the 1-tap map
-    gives (256 KB: register path); rows of a map of >= 4096 rows (repacked weight) equal the same rows computed alone
-    (< 4096 rows: the weight read as it is); and the result is within float32 rounding of the float64 reference."""
+    gives (256 KB: register path); rows of a 5,000-row map equal the same rows computed alone (other row blocks); and
+    the result is within float32 rounding of the float64 reference."""
     generator = torch.Generator().manual_seed(3)
     count, channels = 300, 256
     features = torch.randn(count, channels, generator=generator)
@@ -163,7 +189,8 @@ def test_wide_path_matches_narrow_path_and_reference_at_256_channels():
                                rtol=1e-4, atol=1e-3)
 
 
-@pytest.mark.parametrize('in_channels, out_channels', [(256, 256), (50, 48)])   # 48: Chunk 16; 27*50*48*4 > 256 KB
+# 27 * 40 * 80 * 4 bytes > 256 KB: the wide path in 16-channel chunks.
+@pytest.mark.parametrize('in_channels, out_channels', [(256, 256), (40, 80)])
 def test_wide_path_bitwise_across_threads_in_reduced_precision(in_channels, out_channels):
     features, weight, neighbors, inverse = make_case(4200, [20, 20, 20], 1, in_channels, out_channels, torch.float32)
     grad_output = torch.randn(neighbors.shape[0], out_channels)
@@ -181,6 +208,31 @@ def test_wide_path_bitwise_across_threads_in_reduced_precision(in_channels, out_
     assert all(torch.equal(a, b) for a, b in zip(*results))
     expected = reference.sparse_conv(features.double(), weight.double(), neighbors, inverse, 1)
     torch.testing.assert_close(results[0][0].double(), expected, rtol=1e-4, atol=1e-3)
+
+
+def test_wide_path_in_48_channel_chunks_adds_in_the_register_path_order():
+    """64 -> 96 (663 KB weight: wide path, 48-channel chunks) equals, bitwise, its three 32-channel slices (register
+    path)."""
+    features, weight, neighbors, inverse = make_case(700, [12, 12, 12], 1, 64, 96, torch.float32)
+    wide = SPARSE_CONV(features, weight, neighbors, inverse, 1)
+    for first in range(0, 96, 32):
+        narrow = SPARSE_CONV(features, weight[:, :, first:first + 32].contiguous(), neighbors, inverse, 1)
+        assert torch.equal(wide[:, first:first + 32], narrow)
+
+
+# Every kernel path (register 64/32, generic, wide in 64/48/16-channel chunks) reads a weight view of any strides, as
+# the layers pass spconv's [out, taps, in] memory and the backward the transposed weight, without a copy.
+@pytest.mark.parametrize('in_channels, out_channels', [(32, 64), (20, 32), (32, 24), (64, 256), (64, 96), (40, 80)])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64, torch.bfloat16])
+def test_weight_views_give_the_contiguous_result(in_channels, out_channels, dtype):
+    features, _, neighbors, inverse = make_case(600, [10, 10, 10], 1, in_channels, out_channels, dtype)
+    spconv_layout = torch.randn(out_channels, neighbors.shape[1], in_channels, dtype=torch.float64).to(dtype)
+    view = spconv_layout.permute(1, 2, 0)                            # [taps, in, out], out slowest
+    transposed = view.contiguous().transpose(1, 2).contiguous().transpose(1, 2)   # in fastest
+    assert not view.is_contiguous() and not transposed.is_contiguous()
+    expected = SPARSE_CONV(features, view.contiguous(), neighbors, inverse, 1)
+    assert torch.equal(SPARSE_CONV(features, view, neighbors, inverse, 1), expected)
+    assert torch.equal(SPARSE_CONV(features, transposed, neighbors, inverse, 1), expected)
 
 
 @pytest.mark.parametrize('mutate, message', [

@@ -17,10 +17,11 @@ output and the gradients of ``sum(out ** 2) / 2`` with respect to the input feat
 ``ratio`` is ours/peer time: lower is better, below 1 means ours is faster (the median of per-round ratios; rounds
 alternate which side runs first, each side best of 3 repetitions, 5 for calls under 200 ms; ``spread`` is their
 min-max). ``match``: ours against spconv at 1 thread (spconv 2.3.8 races on CPU above 1 thread), max abs diff <=
-``TOLERANCE`` * max|spconv| for the output and each gradient: 1e-3 for ``fwd``, 5e-2 for ``fwd+bwd``, where float32
-rounding grows through training-mode batch norm over the few sites of the deepest stage (on the quick scene some
-parameter gradients differ by up to ~4e-2 of their size). That both compute the same function is checked first, in
-float64 (training-mode forward+backward at 1 thread, relative difference <= 1e-9): that is the correctness check.
+``TOLERANCE`` * max|spconv| for the output and each gradient: 1e-3 for ``fwd``, 1e-1 for ``fwd+bwd``, where float32
+rounding grows through training-mode batch norm over the few sites of the deepest stage: measured against the
+float64 result on the full scene, ours deviates by up to 3.7e-2 of a tensor's size and spconv by up to 5.8e-2, so the
+two float32 results differ by up to ~6e-2. That both compute the same function is checked first, in float64
+(training-mode forward+backward at 1 thread, relative difference <= 1e-9): that is the correctness check.
 Above 1 thread, ``spconv = own 1t`` and ``ours = own 1t`` as in ``sparse_conv.py``, whose protocol code this script
 reuses.
 
@@ -59,7 +60,7 @@ from scenes import street_scene  # noqa: E402  (tools/benchmark/scenes.py)
 spconv = sparse_conv.spconv_torch
 IN_CHANNELS = 4
 QUICK_SCENE = dict(sensor_x=(0,), beams=16, azimuths=512)   # one sweep, ~7k sites
-TOLERANCE = {'fwd': 1e-3, 'fwd+bwd': 5e-2}
+TOLERANCE = {'fwd': 1e-3, 'fwd+bwd': 1e-1}
 FLOAT64_TOLERANCE = 1e-9
 
 
