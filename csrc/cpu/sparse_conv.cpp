@@ -313,7 +313,7 @@ SV_VECTOR_CLONES void convolve_row_blocks(const scalar_t* features, const acc_t*
             accumulate_row_quad<kVectors>(xs, w, width, Chunk, a);
             for (int q = 0; q < 4; ++q) {
               acc_t* target = acc.data() + row[start + q] * out_channels + c * Chunk;
-              for (int v = 0; v < kVectors; ++v) std::memcpy(target + v * kLanes<acc_t>, &a[q][v], sizeof(a[q][v]));
+              for (int v = 0; v < kVectors; ++v) store_vector(target + v * kLanes<acc_t>, a[q][v]);
             }
           }
           for (; start < count; start += 2) {
@@ -324,11 +324,11 @@ SV_VECTOR_CLONES void convolve_row_blocks(const scalar_t* features, const acc_t*
               acc_t* t1 = acc.data() + row[start + 1] * out_channels + c * Chunk;
               for (int v = 0; v < kVectors; ++v) a1[v] = load_vector(t1 + v * kLanes<acc_t>);
               accumulate_row_pair<kVectors>(x[start] + i0, x[start + 1] + i0, w, width, Chunk, a0, a1);
-              for (int v = 0; v < kVectors; ++v) std::memcpy(t1 + v * kLanes<acc_t>, &a1[v], sizeof(a1[v]));
+              for (int v = 0; v < kVectors; ++v) store_vector(t1 + v * kLanes<acc_t>, a1[v]);
             } else {
               accumulate_row<kVectors>(x[start] + i0, w, width, Chunk, a0);
             }
-            for (int v = 0; v < kVectors; ++v) std::memcpy(t0 + v * kLanes<acc_t>, &a0[v], sizeof(a0[v]));
+            for (int v = 0; v < kVectors; ++v) store_vector(t0 + v * kLanes<acc_t>, a0[v]);
           }
         }
       }
@@ -454,6 +454,17 @@ acc_t* packing_buffer(int64_t elements) {
   return buffer.data();
 }
 
+// `tensor` with its output-channel dimension `dim` zero-padded to a multiple of 16. Layers with such outputs run on a
+// register-blocked path (many times faster than the generic one, e.g. for a stem's input gradient with 4 outputs);
+// the real outputs' sums, and their order, are unchanged, and the caller keeps only those.
+at::Tensor padded_outputs(const at::Tensor& tensor, int64_t dim) {
+  std::vector<int64_t> sizes = tensor.sizes().vec();
+  sizes[dim] = at::divup(sizes[dim], 16) * 16;
+  at::Tensor padded = at::zeros(sizes, tensor.options());
+  padded.narrow(dim, 0, tensor.size(dim)).copy_(tensor);
+  return padded;
+}
+
 ConvShape conv_shape(const at::Tensor& features, const at::Tensor& weight, const at::Tensor& neighbors,
                      int64_t groups) {
   return ConvShape{neighbors.size(0), neighbors.size(1), features.size(1), weight.size(2), groups,
@@ -467,17 +478,15 @@ at::Tensor sparse_conv_cpu(const at::Tensor& features_in, const at::Tensor& weig
   const at::Tensor neighbors = neighbors_in.contiguous();
   check_neighbor_range(neighbors, features.size(0), "sparse_conv");
   const ConvShape shape = conv_shape(features, weight_in, neighbors, groups);
-  at::Tensor out = at::empty({shape.outputs, shape.out_channels}, features.options());
-  if (out.numel() == 0) return out;
-  if (groups == 1 && shape.out_channels % 16 != 0) {
-    // Zero weight columns up to a multiple of 16 outputs put the layer on a register-blocked path (many times faster
-    // than convolve_range, e.g. for a stem's input gradient with 4 outputs); the real outputs' sums are unchanged.
-    at::Tensor padded = at::zeros({shape.taps, shape.in_channels, at::divup(shape.out_channels, 16) * 16},
-                                  weight_in.options());
-    padded.narrow(2, 0, shape.out_channels).copy_(weight_in);
-    return sparse_conv_cpu(features, padded, neighbors, inverse_neighbors, 1).narrow(1, 0, shape.out_channels)
+  if (shape.outputs * shape.out_channels == 0) {
+    return at::empty({shape.outputs, shape.out_channels}, features.options());
+  }
+  if (groups == 1 && shape.out_channels % 16 != 0) {   // zero weight columns (see padded_outputs)
+    return sparse_conv_cpu(features, padded_outputs(weight_in, 2), neighbors, inverse_neighbors, 1)
+        .narrow(1, 0, shape.out_channels)
         .contiguous();
   }
+  at::Tensor out = at::empty({shape.outputs, shape.out_channels}, features.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, features.scalar_type(), "sparse_conv_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* x = features.data_ptr<scalar_t>();
@@ -581,9 +590,10 @@ SV_VECTOR_CLONES void weight_grad_range(const scalar_t* features, const scalar_t
 }
 
 // groups == 1 and out_channels a multiple of Chunk: one task per (tap, group of up to kGroupWidth output
-// channels; single Chunks for taps < 4, so kernel-1 layers still split). The tap's pairs are walked in tiles of
-// at most kTile pairs, of even sizes: their input rows are gathered once for the whole group, in groups of 4 channels ([channel / 4][pair][4], so
-// a register block reads them sequentially), and their gradient rows per Chunk ([chunk][pair][Chunk], contiguous);
+// channels; single Chunks for taps < 4, so kernel-1 layers still split). The tap's pairs are walked in even tiles
+// of at most kTile pairs: their input rows are gathered once for the whole group, in groups of 4 channels
+// ([channel / 4][pair][4], so a register block reads them sequentially), and their gradient rows per Chunk
+// ([chunk][pair][Chunk], contiguous);
 // the next tile's rows are prefetched meanwhile. For every 4 input channels the 4 x Chunk block of the tap's gradient
 // is held in registers over the tile, loaded from and stored to grad_weight itself (zero before the first tile).
 // Each element sums the pairs in list order, and every element is written, so results are deterministic whatever
@@ -684,11 +694,8 @@ at::Tensor sparse_conv_weight_grad_cpu(const at::Tensor& features_in, const at::
   const int64_t taps = neighbors.size(1), in_per_group = features.size(1) / groups;
   const ConvShape shape{neighbors.size(0), taps, features.size(1), grad_output.size(1), groups, in_per_group,
                         grad_output.size(1) / groups};
-  if (groups == 1 && shape.out_channels % 16 != 0 && shape.outputs > 0) {
-    // As in sparse_conv_cpu: zero output-gradient columns up to a multiple of 16 for the register-blocked path.
-    at::Tensor padded = at::zeros({shape.outputs, at::divup(shape.out_channels, 16) * 16}, grad_output.options());
-    padded.narrow(1, 0, shape.out_channels).copy_(grad_output);
-    return sparse_conv_weight_grad_cpu(features, padded, neighbors, inverse_neighbors, 1)
+  if (groups == 1 && shape.out_channels % 16 != 0 && shape.outputs > 0) {   // zero gradient columns
+    return sparse_conv_weight_grad_cpu(features, padded_outputs(grad_output, 1), neighbors, inverse_neighbors, 1)
         .narrow(2, 0, shape.out_channels)
         .contiguous();
   }
