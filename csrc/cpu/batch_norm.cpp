@@ -1,6 +1,8 @@
 // CPU kernels of sparsevision::row_batch_norm and sparsevision::row_batch_norm_backward: training-mode batch norm
 // over the rows of [N, C] (the sites of a sparse tensor). Forward reads the rows twice (statistics, output), backward
-// reads them and the output gradient twice (sums, input gradient); statistics and arithmetic are in double.
+// reads them and the output gradient twice (sums, input gradient); statistics and arithmetic are in double. A ReLU
+// after the norm can be fused: the forward clamps as it writes, the backward masks the output gradient with the
+// fused output (relu_out), which saves the separate ReLU pass and its gradient buffer in both directions.
 //
 // Statistics come from fixed chunks of kChunkRows rows: each chunk's column sums (and, forward, its sum of squared
 // deviations from its own mean, while the chunk is still in cache) in row order, then the chunks combined in chunk
@@ -12,10 +14,14 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <optional>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
+#include "recycled_buffers.h"
 #include "vectors.h"
 
 namespace sparsevision {
@@ -39,41 +45,64 @@ SV_VECTOR_CLONES void chunk_moments(const scalar_t* x, int64_t first, int64_t la
   }
 }
 
-// sum_g[c] = sum of g[n, c] and sum_gx[c] = sum of g[n, c] * (x[n, c] - mean[c]) over rows [first, last).
-template <typename scalar_t>
-SV_VECTOR_CLONES void chunk_gradient_sums(const scalar_t* g, const scalar_t* x, const double* mean, int64_t first,
-                                          int64_t last, int64_t columns, double* sum_g, double* sum_gx) {
+// The output gradient g[i], or +0 where a fused ReLU's output relu_out[i] is not positive (torch.relu's gradient;
+// a NaN gradient there is 0 too). float and double are masked as bits, which GCC vectorizes (a select it does not).
+template <bool Relu, typename scalar_t>
+inline __attribute__((always_inline)) double passed_gradient(const scalar_t* g, const scalar_t* relu_out, int64_t i) {
+  scalar_t gradient = g[i];
+  if constexpr (Relu && (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, double>)) {
+    using bits_t = std::conditional_t<sizeof(scalar_t) == 4, uint32_t, uint64_t>;
+    bits_t bits;
+    std::memcpy(&bits, &gradient, sizeof(bits));
+    bits &= relu_out[i] > scalar_t(0) ? ~bits_t(0) : bits_t(0);
+    std::memcpy(&gradient, &bits, sizeof(bits));
+  } else if constexpr (Relu) {
+    gradient = relu_out[i] > scalar_t(0) ? gradient : scalar_t(0);
+  }
+  return static_cast<double>(gradient);
+}
+
+// sum_g[c] = sum of g[n, c] and sum_gx[c] = sum of g[n, c] * (x[n, c] - mean[c]) over rows [first, last), with g
+// masked by a fused ReLU's output when Relu.
+template <bool Relu, typename scalar_t>
+SV_VECTOR_CLONES void chunk_gradient_sums(const scalar_t* g, const scalar_t* relu_out, const scalar_t* x,
+                                          const double* mean, int64_t first, int64_t last, int64_t columns,
+                                          double* sum_g, double* sum_gx) {
   for (int64_t n = first; n < last; ++n) {
     for (int64_t c = 0; c < columns; ++c) {
-      const double gradient = static_cast<double>(g[n * columns + c]);
+      const double gradient = passed_gradient<Relu>(g, relu_out, n * columns + c);
       sum_g[c] += gradient;
       sum_gx[c] += gradient * (static_cast<double>(x[n * columns + c]) - mean[c]);
     }
   }
 }
 
-// out[n, c] = (x[n, c] - mean[c]) * scale[c] + shift[c] over rows [first, last).
-template <typename scalar_t>
+// out[n, c] = (x[n, c] - mean[c]) * scale[c] + shift[c] over rows [first, last), then max(out, 0) when Relu
+// (NaN stays NaN, as with torch.relu).
+template <bool Relu, typename scalar_t>
 SV_VECTOR_CLONES void normalise_rows(const scalar_t* x, const double* mean, const double* scale, const double* shift,
                                      int64_t first, int64_t last, int64_t columns, scalar_t* out) {
   for (int64_t n = first; n < last; ++n) {
     for (int64_t c = 0; c < columns; ++c) {
-      out[n * columns + c] =
+      const scalar_t value =
           static_cast<scalar_t>((static_cast<double>(x[n * columns + c]) - mean[c]) * scale[c] + shift[c]);
+      out[n * columns + c] = Relu && value < scalar_t(0) ? scalar_t(0) : value;   // rounding keeps the sign
     }
   }
 }
 
-// grad[n, c] = scale[c] * (g[n, c] - mean_g[c] - (x[n, c] - mean[c]) * slope[c]) over rows [first, last).
-template <typename scalar_t>
-SV_VECTOR_CLONES void rows_gradient(const scalar_t* g, const scalar_t* x, const double* mean, const double* scale,
-                                    const double* mean_g, const double* slope, int64_t first, int64_t last,
-                                    int64_t columns, scalar_t* grad) {
+
+// grad[n, c] = scale[c] * (g[n, c] - mean_g[c] - (x[n, c] - mean[c]) * slope[c]) over rows [first, last), g masked
+// as in chunk_gradient_sums.
+template <bool Relu, typename scalar_t>
+SV_VECTOR_CLONES void rows_gradient(const scalar_t* g, const scalar_t* relu_out, const scalar_t* x, const double* mean,
+                                    const double* scale, const double* mean_g, const double* slope, int64_t first,
+                                    int64_t last, int64_t columns, scalar_t* grad) {
   for (int64_t n = first; n < last; ++n) {
     for (int64_t c = 0; c < columns; ++c) {
       const double centred = static_cast<double>(x[n * columns + c]) - mean[c];
-      grad[n * columns + c] =
-          static_cast<scalar_t>(scale[c] * (static_cast<double>(g[n * columns + c]) - mean_g[c] - centred * slope[c]));
+      const double gradient = passed_gradient<Relu>(g, relu_out, n * columns + c);
+      grad[n * columns + c] = static_cast<scalar_t>(scale[c] * (gradient - mean_g[c] - centred * slope[c]));
     }
   }
 }
@@ -119,13 +148,14 @@ std::pair<std::vector<double>, std::vector<double>> inverse_deviations(const std
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> row_batch_norm_cpu(const at::Tensor& rows_in,
                                                                   const std::optional<at::Tensor>& weight,
-                                                                  const std::optional<at::Tensor>& bias, double eps) {
+                                                                  const std::optional<at::Tensor>& bias, double eps,
+                                                                  bool relu) {
   check_arguments(rows_in, weight, "row_batch_norm");
   TORCH_CHECK_VALUE(!bias.has_value() || (bias->dim() == 1 && bias->size(0) == rows_in.size(1)),
                     "row_batch_norm: bias must be [", rows_in.size(1), "]");
   const at::Tensor rows = rows_in.contiguous();
   const int64_t count = rows.size(0), columns = rows.size(1);
-  at::Tensor out = at::empty_like(rows);
+  at::Tensor out = empty_recycled(rows.sizes(), rows.options());
   at::Tensor mean = at::empty({columns}, rows.options()), var = at::empty({columns}, rows.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, rows.scalar_type(), "row_batch_norm_cpu", [&] {
     const scalar_t* x = rows.data_ptr<scalar_t>();
@@ -155,7 +185,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> row_batch_norm_cpu(const at::Tens
     const std::vector<double> shift = as_doubles(bias, columns, 0.0);
     scalar_t* y = out.data_ptr<scalar_t>();
     at::parallel_for(0, count, kChunkRows, [&](int64_t begin, int64_t end) {
-      normalise_rows(x, mean_d.data(), scale.data(), shift.data(), begin, end, columns, y);
+      if (relu) {
+        normalise_rows<true>(x, mean_d.data(), scale.data(), shift.data(), begin, end, columns, y);
+      } else {
+        normalise_rows<false>(x, mean_d.data(), scale.data(), shift.data(), begin, end, columns, y);
+      }
     });
   });
   return {out, mean, var};
@@ -163,24 +197,32 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> row_batch_norm_cpu(const at::Tens
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> row_batch_norm_backward_cpu(
     const at::Tensor& grad_out_in, const at::Tensor& rows_in, const at::Tensor& mean, const at::Tensor& var,
-    const std::optional<at::Tensor>& weight, double eps) {
+    const std::optional<at::Tensor>& weight, double eps, const std::optional<at::Tensor>& relu_out_in) {
   check_arguments(rows_in, weight, "row_batch_norm_backward");
+  TORCH_CHECK_VALUE(!relu_out_in.has_value() || relu_out_in->sizes() == rows_in.sizes(),
+                    "row_batch_norm_backward: relu_out must be ", rows_in.sizes(), ", got ", relu_out_in->sizes());
   TORCH_CHECK_VALUE(grad_out_in.sizes() == rows_in.sizes(), "row_batch_norm_backward: grad_out must be ",
                     rows_in.sizes(), ", got ", grad_out_in.sizes());
   TORCH_CHECK_VALUE(mean.dim() == 1 && var.dim() == 1 && mean.size(0) == rows_in.size(1) &&
                         var.size(0) == rows_in.size(1),
                     "row_batch_norm_backward: mean and var must be [", rows_in.size(1), "]");
   const at::Tensor rows = rows_in.contiguous(), grad_out = grad_out_in.to(rows.scalar_type()).contiguous();
+  const at::Tensor relu_out = relu_out_in.has_value() ? relu_out_in->to(rows.scalar_type()).contiguous() : at::Tensor();
   const int64_t count = rows.size(0), columns = rows.size(1);
-  at::Tensor grad_rows = at::empty_like(rows);
+  at::Tensor grad_rows = empty_recycled(rows.sizes(), rows.options());
   at::Tensor grad_weight = at::empty({columns}, rows.options()), grad_bias = at::empty({columns}, rows.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, rows.scalar_type(), "row_batch_norm_backward_cpu", [&] {
     const scalar_t* x = rows.data_ptr<scalar_t>();
     const scalar_t* g = grad_out.data_ptr<scalar_t>();
+    const scalar_t* mask = relu_out.defined() ? relu_out.data_ptr<scalar_t>() : nullptr;
     const std::vector<double> centre = as_doubles(mean, columns, 0.0);
     const std::vector<double> partial = chunk_partials(count, columns, [&](int64_t first, int64_t last,
                                                                            double* sum_g, double* sum_gx) {
-      chunk_gradient_sums(g, x, centre.data(), first, last, columns, sum_g, sum_gx);
+      if (mask) {
+        chunk_gradient_sums<true>(g, mask, x, centre.data(), first, last, columns, sum_g, sum_gx);
+      } else {
+        chunk_gradient_sums<false>(g, mask, x, centre.data(), first, last, columns, sum_g, sum_gx);
+      }
     });
     std::vector<double> sum_g(columns, 0.0), sum_gx(columns, 0.0);
     for (size_t p = 0; p < partial.size(); p += 2 * columns) {
@@ -199,7 +241,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> row_batch_norm_backward_cpu(
     }
     scalar_t* dx = grad_rows.data_ptr<scalar_t>();
     at::parallel_for(0, count, kChunkRows, [&](int64_t begin, int64_t end) {
-      rows_gradient(g, x, centre.data(), scale.data(), mean_g.data(), slope.data(), begin, end, columns, dx);
+      if (mask) {
+        rows_gradient<true>(g, mask, x, centre.data(), scale.data(), mean_g.data(), slope.data(), begin, end, columns,
+                            dx);
+      } else {
+        rows_gradient<false>(g, mask, x, centre.data(), scale.data(), mean_g.data(), slope.data(), begin, end, columns,
+                             dx);
+      }
     });
   });
   return {grad_rows, grad_weight, grad_bias};

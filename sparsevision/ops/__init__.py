@@ -8,6 +8,7 @@ from .batch_norm import batch_norm_rows
 from .kernel_map import (build_kernel_map, check_indices, downsample_indices, invert_kernel_map,
                          submanifold_kernel_map)
 from .library import EXTENSION, ExtensionInfo
+from .recycled_buffers import cached_buffer_bytes, release_cached_buffers, set_buffer_cache_limit
 from .sparse_conv import sparse_conv, transpose_weight
 from .spike_conv import spike_sparse_conv
 from .token_routing import gather_tokens, merge_tokens, scatter_tokens, select_tokens, unmerge_tokens
@@ -18,6 +19,7 @@ def extension_info() -> ExtensionInfo:
     return EXTENSION
 
 
-__all__ = ['ExtensionInfo', 'batch_norm_rows', 'build_kernel_map', 'check_indices', 'downsample_indices',
-           'extension_info', 'gather_tokens', 'invert_kernel_map', 'merge_tokens', 'scatter_tokens', 'select_tokens',
-           'sparse_conv', 'spike_sparse_conv', 'submanifold_kernel_map', 'transpose_weight', 'unmerge_tokens']
+__all__ = ['ExtensionInfo', 'batch_norm_rows', 'build_kernel_map', 'cached_buffer_bytes', 'check_indices',
+           'downsample_indices', 'extension_info', 'gather_tokens', 'invert_kernel_map', 'merge_tokens',
+           'release_cached_buffers', 'scatter_tokens', 'select_tokens', 'set_buffer_cache_limit', 'sparse_conv',
+           'spike_sparse_conv', 'submanifold_kernel_map', 'transpose_weight', 'unmerge_tokens']

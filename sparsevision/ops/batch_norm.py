@@ -15,9 +15,10 @@ _batch_norm_backward = torch.ops.sparsevision.row_batch_norm_backward.default
 
 
 def batch_norm_rows(rows: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
-                    eps: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                    eps: float, relu: bool = False) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(out, mean, var)``: ``out = (rows - mean) / sqrt(var + eps) * weight + bias`` with the rows' own mean and
-    biased variance per column. ``mean`` and ``var`` are returned detached (for running averages).
+    biased variance per column, then ``relu(out)`` when ``relu`` (fused: no separate pass or buffer either way).
+    ``mean`` and ``var`` are returned detached (for running averages).
 
     Raises:
         ValueError: if ``rows`` is not ``[N, C]`` with ``N >= 1``, or ``weight``/``bias`` are not ``[C]``.
@@ -27,34 +28,35 @@ def batch_norm_rows(rows: torch.Tensor, weight: Optional[torch.Tensor], bias: Op
     for name, tensor in (('weight', weight), ('bias', bias)):
         if tensor is not None and tensor.shape != (rows.shape[1],):
             raise ValueError(f'batch_norm_rows: {name} must be [{rows.shape[1]}], got {tuple(tensor.shape)}')
-    out, mean, var = _batch_norm(rows, weight, bias, eps)
+    out, mean, var = _batch_norm(rows, weight, bias, eps, relu)
     return out, mean.detach(), var.detach()
 
 
 @torch.library.register_fake('sparsevision::row_batch_norm')
-def _batch_norm_fake(rows, weight, bias, eps):
+def _batch_norm_fake(rows, weight, bias, eps, relu=False):
     return torch.empty_like(rows), rows.new_empty(rows.shape[1]), rows.new_empty(rows.shape[1])
 
 
 @torch.library.register_fake('sparsevision::row_batch_norm_backward')
-def _batch_norm_backward_fake(grad_out, rows, mean, var, weight, eps):
+def _batch_norm_backward_fake(grad_out, rows, mean, var, weight, eps, relu_out=None):
     return torch.empty_like(rows), rows.new_empty(rows.shape[1]), rows.new_empty(rows.shape[1])
 
 
 def _setup_context(ctx, inputs, output):
-    rows, weight, bias, eps = inputs
-    _, mean, var = output
-    ctx.save_for_backward(rows, weight, mean, var)
+    rows, weight, bias, eps, relu = inputs
+    out, mean, var = output
+    ctx.save_for_backward(rows, weight, mean, var, out if relu else None)   # a fused ReLU's output masks gradients
     ctx.eps, ctx.bias_dtype = eps, None if bias is None else bias.dtype
 
 
 def _backward(ctx, grad_out, grad_mean, grad_var):
     """Gradients reach ``rows``, ``weight`` and ``bias`` through ``out`` only (``mean`` and ``var`` leave detached)."""
-    rows, weight, mean, var = ctx.saved_tensors
-    grad_rows, grad_weight, grad_bias = _batch_norm_backward(grad_out.contiguous(), rows, mean, var, weight, ctx.eps)
+    rows, weight, mean, var, relu_out = ctx.saved_tensors
+    grad_rows, grad_weight, grad_bias = _batch_norm_backward(grad_out.contiguous(), rows, mean, var, weight, ctx.eps,
+                                                             relu_out)
     needs = ctx.needs_input_grad
     return (grad_rows if needs[0] else None, grad_weight.to(weight.dtype) if needs[1] else None,
-            grad_bias.to(ctx.bias_dtype) if needs[2] else None, None)
+            grad_bias.to(ctx.bias_dtype) if needs[2] else None, None, None)
 
 
 torch.library.register_autograd('sparsevision::row_batch_norm', _backward, setup_context=_setup_context)

@@ -239,8 +239,9 @@ def column_sums(rows: torch.Tensor) -> torch.Tensor:
 
 
 def row_batch_norm(rows: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
-                   eps: float):
-    """Training-mode batch norm over the rows of ``[N, C]``: ``(out, mean, var)``, ``var`` biased."""
+                   eps: float, relu: bool = False):
+    """Training-mode batch norm over the rows of ``[N, C]``: ``(out, mean, var)``, ``var`` biased; ``relu``: ReLU
+    applied to ``out``."""
     count = rows.shape[0]
     mean = column_sums(rows) / count
     centred = rows - mean
@@ -249,12 +250,15 @@ def row_batch_norm(rows: torch.Tensor, weight: Optional[torch.Tensor], bias: Opt
     if weight is not None:
         scale = scale * weight
     out = centred * scale if bias is None else torch.addcmul(bias, centred, scale)
-    return out, mean, var
+    return torch.relu(out) if relu else out, mean, var
 
 
 def row_batch_norm_backward(grad_out: torch.Tensor, rows: torch.Tensor, mean: torch.Tensor, var: torch.Tensor,
-                            weight: Optional[torch.Tensor], eps: float):
-    """Gradients of :func:`row_batch_norm`'s ``out`` for ``rows``, ``weight`` and ``bias``."""
+                            weight: Optional[torch.Tensor], eps: float, relu_out: Optional[torch.Tensor] = None):
+    """Gradients of :func:`row_batch_norm`'s ``out`` for ``rows``, ``weight`` and ``bias``; ``relu_out``: the output
+    of a fused ReLU, whose gradient passes only where it is positive."""
+    if relu_out is not None:
+        grad_out = torch.where(relu_out > 0, grad_out, torch.zeros_like(grad_out))
     count = rows.shape[0]
     invstd = torch.rsqrt(var + eps)
     normalised = (rows - mean) * invstd

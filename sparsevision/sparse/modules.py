@@ -1,5 +1,6 @@
 """Containers and small modules with spconv's names."""
 from collections import OrderedDict
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -38,12 +39,42 @@ class SparseSequential(SparseModule):
         self.add_module(str(len(self._modules)) if name is None else name, module)
 
     def forward(self, x):
-        for module in self._modules.values():
+        modules = list(self._modules.values())
+        index = 0
+        while index < len(modules):
+            module = modules[index]
+            following = modules[index + 1] if index + 1 < len(modules) else None
+            if isinstance(x, SparseTensor) and can_fuse_relu(module, following):
+                x, index = module.forward_relu(x), index + 2
+                continue
             if isinstance(module, SparseModule) or not isinstance(x, SparseTensor):
                 x = module(x)
             else:
                 x = x.replace_feature(module(x.features))
+            index += 1
         return x
+
+
+def _has_hooks(module: nn.Module) -> bool:
+    hooks = nn.modules.module
+    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks or
+                module._backward_pre_hooks or hooks._global_forward_hooks or hooks._global_forward_pre_hooks or
+                hooks._global_backward_hooks or hooks._global_backward_pre_hooks)
+
+
+def can_fuse_relu(norm: nn.Module, relu: Optional[nn.Module]) -> bool:
+    """Whether ``relu(norm(x))`` may run as ``norm.forward_relu(x)``: ``norm`` offers it (``SparseBatchNorm``),
+    ``relu`` is a plain ``nn.ReLU`` and neither has hooks (a hook must see what the unfused modules give)."""
+    return (hasattr(norm, 'forward_relu') and type(relu) is nn.ReLU and not _has_hooks(norm)
+            and not _has_hooks(relu))
+
+
+def norm_relu(norm: nn.Module, relu: nn.Module, x: SparseTensor) -> SparseTensor:
+    """``relu(norm(x))`` on a SparseTensor, fused into one pass where :func:`can_fuse_relu` allows."""
+    if can_fuse_relu(norm, relu):
+        return norm.forward_relu(x)
+    out = norm(x)
+    return out.replace_feature(relu(out.features))
 
 
 class ToDense(SparseModule):

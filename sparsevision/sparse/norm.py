@@ -11,19 +11,19 @@ from .tensor import SparseTensor
 
 def row_batch_norm(rows: torch.Tensor, running_mean: Optional[torch.Tensor], running_var: Optional[torch.Tensor],
                    weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], training: bool, momentum: float,
-                   eps: float) -> torch.Tensor:
-    """``F.batch_norm`` over the rows of ``[N, C]``, bitwise the same at any thread count.
+                   eps: float, relu: bool = False) -> torch.Tensor:
+    """``F.batch_norm`` over the rows of ``[N, C]``, bitwise the same at any thread count; ``relu``: then ReLU.
 
     PyTorch's CPU batch norm splits its statistics across threads, so its
     rounding depends on the thread count; here batch statistics come from
-    :func:`~sparsevision.ops.batch_norm_rows`, whose sums do not. Same
-    arguments as ``F.batch_norm``.
+    :func:`~sparsevision.ops.batch_norm_rows`, whose sums do not (and which
+    fuses the ReLU). Otherwise the same arguments as ``F.batch_norm``.
     """
     if training or running_mean is None:
         count = rows.shape[0]
         if count < 2 and training:
             raise ValueError(f'batch norm in training needs more than one value per channel, got {count} row(s)')
-        out, mean, var = ops.batch_norm_rows(rows, weight, bias, eps)
+        out, mean, var = ops.batch_norm_rows(rows, weight, bias, eps, relu)
         if training and running_mean is not None:
             with torch.no_grad():
                 running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
@@ -34,16 +34,25 @@ def row_batch_norm(rows: torch.Tensor, running_mean: Optional[torch.Tensor], run
     scale = torch.rsqrt(running_var.to(rows.dtype) + eps)
     if weight is not None:
         scale = scale * weight
-    return centred * scale if bias is None else torch.addcmul(bias, centred, scale)
+    out = centred * scale if bias is None else torch.addcmul(bias, centred, scale)
+    return torch.relu_(out) if relu else out
 
 
 class SparseBatchNorm(nn.BatchNorm1d, SparseModule):
     """BatchNorm over all sites of the batch (spconv's ``SparseBatchNorm``); takes a SparseTensor.
 
-    Bitwise deterministic at any thread count (see :func:`row_batch_norm`).
+    Bitwise deterministic at any thread count (see :func:`row_batch_norm`). :meth:`forward_relu` is ``relu(self(x))``
+    in one pass, which ``SparseSequential`` and the sparse blocks use for a norm followed by ``nn.ReLU``.
     """
 
     def forward(self, x: SparseTensor) -> SparseTensor:
+        return self._normalise(x, relu=False)
+
+    def forward_relu(self, x: SparseTensor) -> SparseTensor:
+        """``relu(self(x))``, the ReLU fused into the norm (no separate pass or buffer in either direction)."""
+        return self._normalise(x, relu=True)
+
+    def _normalise(self, x: SparseTensor, relu: bool) -> SparseTensor:
         features = x.features
         if features.dim() != 2 or features.shape[1] != self.num_features:
             raise ValueError(f'SparseBatchNorm expects [N, {self.num_features}] features, got '
@@ -57,7 +66,7 @@ class SparseBatchNorm(nn.BatchNorm1d, SparseModule):
         return x.replace_feature(row_batch_norm(
             features, self.running_mean if not self.training or self.track_running_stats else None,
             self.running_var if not self.training or self.track_running_stats else None, self.weight, self.bias,
-            use_batch_statistics, momentum, self.eps))
+            use_batch_statistics, momentum, self.eps, relu))
 
 
 class SparseGroupNorm(SparseModule):

@@ -112,3 +112,61 @@ def test_native_op_rejects_bad_shapes():
         BATCH_NORM(torch.zeros(4, 3), torch.ones(2), None, 1e-5)
     with pytest.raises(ValueError, match='grad_out must be'):
         BATCH_NORM_BACKWARD(torch.zeros(3, 3), torch.zeros(4, 3), torch.zeros(3), torch.ones(3), None, 1e-5)
+
+
+@pytest.mark.parametrize('count, channels', [(2, 1), (300, 16), (1000, 96), (257, 7)])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64, torch.bfloat16])
+def test_fused_relu_is_relu_of_the_norm(count, channels, dtype):
+    """relu=True gives, bitwise, torch.relu of the plain output, and its backward the plain backward of the gradient
+    masked where that output is not positive; both match the reference."""
+    rows, weight, bias = make_rows(count, channels, dtype, seed=count)
+    out, mean, var = BATCH_NORM(rows, weight, bias, 1e-3, True)
+    plain, _, _ = BATCH_NORM(rows, weight, bias, 1e-3)
+    assert torch.equal(out, torch.relu(plain)) and (out == 0).any()
+    grad_out = torch.randn_like(rows)
+    fused = BATCH_NORM_BACKWARD(grad_out, rows, mean, var, weight, 1e-3, out)
+    masked = torch.where(out > 0, grad_out, torch.zeros_like(grad_out))
+    assert all(torch.equal(a, b) for a, b in zip(fused, BATCH_NORM_BACKWARD(masked, rows, mean, var, weight, 1e-3)))
+    tolerance = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-2, atol=2e-2)
+    expected = reference.row_batch_norm(rows.double(), weight.double(), bias.double(), 1e-3, True)
+    torch.testing.assert_close(out.double(), expected[0], **tolerance)
+    expected = reference.row_batch_norm_backward(grad_out.double(), rows.double(), mean.double(), var.double(),
+                                                 weight.double(), 1e-3, out.double())
+    for ours, theirs in zip(fused, expected):
+        torch.testing.assert_close(ours.double(), theirs, **tolerance)
+
+
+def test_fused_relu_keeps_nan_and_masks_nan_gradients():
+    rows, weight, bias = make_rows(50, 3, torch.float32)
+    rows[4, 1] = float('nan')
+    out, mean, var = BATCH_NORM(rows, weight, bias, 1e-3, True)
+    assert torch.isnan(out[:, 1]).all() and not torch.isnan(out[:, [0, 2]]).any()   # NaN spreads through its column
+    rows, weight, bias = make_rows(50, 3, torch.float32)
+    out, mean, var = BATCH_NORM(rows, weight, bias, 1e-3, True)
+    grad_out = torch.randn_like(rows)
+    grad_out[out == 0] = float('nan')   # where the ReLU was closed, a NaN gradient does not pass
+    assert all(torch.isfinite(grad).all() for grad in BATCH_NORM_BACKWARD(grad_out, rows, mean, var, weight, 1e-3, out))
+
+
+def test_fused_relu_gradcheck_opcheck_and_threads():
+    rows, weight, bias = make_rows(9, 3)
+    inputs = (rows.requires_grad_(), weight.requires_grad_(), bias.requires_grad_())
+    assert torch.autograd.gradcheck(lambda x, w, b: ops.batch_norm_rows(x, w, b, 1e-3, relu=True)[0], inputs)
+    torch.library.opcheck(BATCH_NORM, (*inputs, 1e-3, True))
+    out, mean, var = BATCH_NORM(rows.detach(), weight.detach(), bias.detach(), 1e-3, True)
+    torch.library.opcheck(BATCH_NORM_BACKWARD, (torch.randn_like(out), rows.detach(), mean, var, weight.detach(), 1e-3,
+                                                out))
+    rows, weight, bias = make_rows(5000, 48, torch.float32)
+    grad_out = torch.randn_like(rows)
+    previous = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            out, mean, var = BATCH_NORM(rows, weight, bias, 1e-3, True)
+            results.append((out, *BATCH_NORM_BACKWARD(grad_out, rows, mean, var, weight, 1e-3, out)))
+    finally:
+        torch.set_num_threads(previous)
+    assert all(torch.equal(a, b) for a, b in zip(*results))
+    with pytest.raises(ValueError, match='relu_out must be'):
+        BATCH_NORM_BACKWARD(grad_out, rows, mean, var, weight, 1e-3, out[:10])

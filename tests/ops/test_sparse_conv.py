@@ -131,7 +131,8 @@ def test_opcheck():
 # (sites, in, out): register-blocked rows (32 x 64 channels; 24 outputs zero-padded to 32), and the wide row-block path
 # (weight over 256 KB; 48-channel chunks for 96 outputs), whose row blocks depend on the thread count.
 @pytest.mark.parametrize('count, in_per_group, out_per_group', [(4000, 32, 64), (4000, 32, 24), (4000, 32, 256),
-                                                                 (1500, 96, 96), (4500, 96, 96), (4500, 64, 64)])
+                                                                 (1500, 96, 96), (4500, 96, 96), (4500, 64, 64),
+                                                                 (4000, 20, 384)])
 def test_bitwise_identical_across_threads(count, in_per_group, out_per_group):
     features, weight, neighbors, inverse = make_case(count, [20, 20, 20], 1, in_per_group, out_per_group,
                                                      torch.float32)
@@ -146,6 +147,23 @@ def test_bitwise_identical_across_threads(count, in_per_group, out_per_group):
     finally:
         torch.set_num_threads(previous)
     assert all(torch.equal(a, b) for result in results[1:] for a, b in zip(result, results[0]))
+
+
+# The weight gradient walks blocks of output rows (512 to 2,048 here, so 3,000 rows are several), each tap's pairs in
+# tiles: 30 inputs leave a partial group of 4 channels, 384 outputs two channel groups, 4 -> 32 is a stem.
+@pytest.mark.parametrize('in_channels, out_channels', [(96, 96), (30, 48), (20, 384), (4, 32)])
+def test_weight_gradient_over_many_row_blocks(in_channels, out_channels):
+    features, _, neighbors, inverse = make_case(3000, [16, 16, 16], 1, in_channels, out_channels)
+    grad_output = torch.randn(neighbors.shape[0], out_channels, dtype=torch.float64)
+    expected = reference.sparse_conv_weight_grad(features, grad_output, neighbors, inverse, 1)
+    torch.testing.assert_close(WEIGHT_GRAD(features, grad_output, neighbors, inverse, 1), expected,
+                               rtol=1e-12, atol=1e-12)
+    for dtype, tolerance in ((torch.float32, 1e-5), (torch.bfloat16, 1e-2)):
+        rounded_features, rounded_grad = features.to(dtype), grad_output.to(dtype)
+        result = WEIGHT_GRAD(rounded_features, rounded_grad, neighbors, inverse, 1).double()
+        exact = reference.sparse_conv_weight_grad(rounded_features.double(), rounded_grad.double(), neighbors,
+                                                  inverse, 1)
+        torch.testing.assert_close(result, exact, rtol=0, atol=tolerance * exact.abs().max().item())
 
 
 def test_wide_path_adds_in_the_same_order_as_the_register_path():

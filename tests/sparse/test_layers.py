@@ -235,3 +235,41 @@ def test_torch_compile_traces_the_ops():
     eager = step(eager_features, layer.weight)
     eager.sum().backward()
     assert torch.equal(out, eager) and torch.equal(features.grad, eager_features.grad)
+
+
+def run_with_gradients(module, x):
+    features = x.features.clone().requires_grad_()
+    module.zero_grad()
+    out = module(sv.SparseTensor(features, x.indices, x.spatial_shape, x.batch_size))
+    out.features.square().sum().backward()
+    return [out.features.detach(), features.grad] + [p.grad.clone() for p in module.parameters()]
+
+
+@pytest.mark.parametrize('block', ['sequential', 'basic_block'])
+def test_norm_then_relu_is_fused_unless_hooked(block, monkeypatch):
+    """A SparseBatchNorm followed by nn.ReLU runs as one fused op and gives, bitwise, what the two modules give one
+    after the other, which is what runs when either has a hook (the hook then sees the norm's own output)."""
+    from sparsevision.models.layers import SparseBasicBlock
+    x = random_tensor(2000, [16, 16, 16], 2, 8, dtype=torch.float32)
+    torch.manual_seed(0)
+    if block == 'sequential':
+        module = sv.SparseSequential(sv.SubMConv3d(8, 16, 3), sv.SparseBatchNorm(16), torch.nn.ReLU())
+        norm, relu = module[1], module[2]
+    else:
+        module = SparseBasicBlock(8, 16)
+        norm, relu = module.bn1, module.relu
+    fused_calls = []
+    forward_relu = sv.SparseBatchNorm.forward_relu
+    monkeypatch.setattr(sv.SparseBatchNorm, 'forward_relu',
+                        lambda self, x: fused_calls.append(self) or forward_relu(self, x))
+    fused = run_with_gradients(module, x)
+    assert fused_calls == [norm]
+    seen = []
+    hook = norm.register_forward_hook(lambda _, __, out: seen.append(out.features.min().item()))
+    try:
+        unfused = run_with_gradients(module, x)
+    finally:
+        hook.remove()
+    assert fused_calls == [norm] and seen and seen[0] < 0
+    assert all(torch.equal(a, b) for a, b in zip(fused, unfused))
+    assert sv.modules.can_fuse_relu(norm, relu) and not sv.modules.can_fuse_relu(norm, torch.nn.GELU())

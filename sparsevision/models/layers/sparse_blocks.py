@@ -11,6 +11,7 @@ import torch.nn as nn
 
 from ...sparse import (SparseBatchNorm, SparseConv3d, SparseInverseConv3d, SparseModule, SparseSequential,
                        SparseTensor, SubMConv3d)
+from ...sparse.modules import norm_relu
 
 IntOrTriple = Union[int, Sequence[int]]
 
@@ -103,7 +104,7 @@ class SparseBasicBlock(SparseModule):
                                          build_sparse_norm(norm_cfg, out_channels))
 
     def forward(self, x: SparseTensor) -> SparseTensor:
-        out = self.bn1(self.conv1(x))
-        out = self.bn2(self.conv2(out.replace_feature(self.relu(out.features))))
+        out = self.bn2(self.conv2(norm_relu(self.bn1, self.relu, self.conv1(x))))
         shortcut = x.features if self.proj is None else self.proj(x).features
-        return out.replace_feature(self.relu(out.features + shortcut))
+        # In place: bn2's output is new and nothing saved it for backward (one large buffer fewer per block).
+        return out.replace_feature(self.relu(out.features.add_(shortcut)))

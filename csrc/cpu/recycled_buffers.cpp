@@ -1,0 +1,136 @@
+// Recycled CPU output buffers (see recycled_buffers.h).
+//
+// glibc serves every allocation over 32 MiB with a fresh mmap and unmaps it on free, so each large activation of a
+// training step (115k sites x 96 float32 channels is 44 MB) is page-faulted in, 4 KiB at a time, on every call:
+// about 20 ms per such tensor, a tenth of a 96-channel convolution's time. Buffers of at least kRecycledBytes are
+// therefore kept when their tensor dies and handed to the next request they fit (the smallest idle buffer of at
+// least the size asked for and at most a quarter more). Idle buffers are capped (set_recycled_limit; Python sets
+// it from SPARSEVISION_BUFFER_CACHE_MB), and a buffer that would go over the cap is freed. A recycled buffer's
+// contents are unspecified, as with at::empty; every op that uses one writes all of it.
+#include "recycled_buffers.h"
+
+#include <c10/core/CPUAllocator.h>
+
+#include <map>
+#include <mutex>
+
+namespace sparsevision {
+namespace {
+
+constexpr int64_t kRecycledBytes = int64_t(8) << 20;
+constexpr int64_t kDefaultLimitBytes = int64_t(1) << 30;
+
+struct Buffer {
+  c10::DataPtr memory;
+  int64_t bytes;
+};
+
+class BufferCache {
+ public:
+  bool enabled() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return limit_bytes_ > 0;
+  }
+
+  Buffer* take(int64_t bytes) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      auto fit = idle_.lower_bound(bytes);
+      if (fit != idle_.end() && fit->first <= bytes + bytes / 4) {
+        Buffer* buffer = fit->second;
+        idle_.erase(fit);
+        idle_bytes_ -= buffer->bytes;
+        return buffer;
+      }
+    }
+    return new Buffer{c10::GetCPUAllocator()->allocate(bytes), bytes};
+  }
+
+  void give_back(Buffer* buffer) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (idle_bytes_ + buffer->bytes <= limit_bytes_) {
+        idle_.emplace(buffer->bytes, buffer);
+        idle_bytes_ += buffer->bytes;
+        return;
+      }
+    }
+    delete buffer;
+  }
+
+  // Frees the largest idle buffers until at most `keep` bytes stay idle; returns the bytes freed.
+  int64_t shrink_to(int64_t keep) {
+    std::multimap<int64_t, Buffer*> freed;
+    int64_t bytes = 0;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      while (idle_bytes_ > keep) {
+        auto largest = std::prev(idle_.end());
+        idle_bytes_ -= largest->first;
+        bytes += largest->first;
+        freed.insert(*largest);
+        idle_.erase(largest);
+      }
+    }
+    for (auto& entry : freed) delete entry.second;
+    return bytes;
+  }
+
+  int64_t set_limit(int64_t bytes) {
+    int64_t previous;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      previous = limit_bytes_;
+      limit_bytes_ = bytes;
+    }
+    shrink_to(bytes);
+    return previous;
+  }
+
+  int64_t idle_bytes() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return idle_bytes_;
+  }
+
+ private:
+  std::mutex mutex_;
+  std::multimap<int64_t, Buffer*> idle_;
+  int64_t idle_bytes_ = 0, limit_bytes_ = kDefaultLimitBytes;
+};
+
+// Never destroyed: tensors may still give buffers back while the process exits.
+BufferCache& cache() {
+  static BufferCache* instance = new BufferCache();
+  return *instance;
+}
+
+void give_back(void* buffer) { cache().give_back(static_cast<Buffer*>(buffer)); }
+
+}  // namespace
+
+at::Tensor empty_recycled(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  const int64_t bytes = c10::multiply_integers(sizes) * int64_t(options.dtype().itemsize());
+  if (options.device().type() != c10::DeviceType::CPU || bytes < kRecycledBytes || !cache().enabled()) {
+    return at::empty(sizes, options);
+  }
+  Buffer* buffer = cache().take(bytes);
+  // A resizable storage like at::empty's: growing it moves the data to a new CPU allocation and gives this back.
+  c10::DataPtr memory(buffer->memory.get(), buffer, &give_back, c10::Device(c10::DeviceType::CPU));
+  c10::Storage storage(c10::Storage::use_byte_size_t(), bytes, std::move(memory), c10::GetCPUAllocator(),
+                       /*resizable=*/true);
+  auto tensor = at::detail::make_tensor<c10::TensorImpl>(std::move(storage), c10::DispatchKeySet(c10::DispatchKey::CPU),
+                                                         options.dtype());
+  tensor.unsafeGetTensorImpl()->set_sizes_contiguous(sizes);
+  return tensor;
+}
+
+int64_t set_recycled_limit(int64_t bytes) {
+  TORCH_CHECK_VALUE(bytes >= 0, "the recycled-buffer limit must be >= 0 bytes, got ", bytes);
+  return cache().set_limit(bytes);
+}
+
+int64_t release_recycled_buffers() { return cache().shrink_to(0); }
+
+int64_t idle_recycled_bytes() { return cache().idle_bytes(); }
+
+}  // namespace sparsevision
