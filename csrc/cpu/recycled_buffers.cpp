@@ -18,7 +18,6 @@ namespace sparsevision {
 namespace {
 
 constexpr int64_t kRecycledBytes = int64_t(8) << 20;
-constexpr int64_t kDefaultLimitBytes = int64_t(1) << 30;
 
 struct Buffer {
   c10::DataPtr memory;
@@ -95,7 +94,7 @@ class BufferCache {
  private:
   std::mutex mutex_;
   std::multimap<int64_t, Buffer*> idle_;
-  int64_t idle_bytes_ = 0, limit_bytes_ = kDefaultLimitBytes;
+  int64_t idle_bytes_ = 0, limit_bytes_ = 0;   // off until sparsevision.ops sets the cap at import
 };
 
 // Never destroyed: tensors may still give buffers back while the process exits.
