@@ -91,7 +91,6 @@ SV_VECTOR_CLONES void normalise_rows(const scalar_t* x, const double* mean, cons
   }
 }
 
-
 // grad[n, c] = scale[c] * (g[n, c] - mean_g[c] - (x[n, c] - mean[c]) * slope[c]) over rows [first, last), g masked
 // as in chunk_gradient_sums.
 template <bool Relu, typename scalar_t>
