@@ -5,14 +5,17 @@
 // about 20 ms per such tensor, a tenth of a 96-channel convolution's time. Buffers of at least kRecycledBytes are
 // therefore kept when their tensor dies and handed to the next request they fit (the smallest idle buffer of at
 // least the size asked for and at most a quarter more). Idle buffers are capped (set_recycled_limit; Python sets
-// it from SPARSEVISION_BUFFER_CACHE_MB), and a buffer that would go over the cap is freed. A recycled buffer's
-// contents are unspecified, as with at::empty; every op that uses one writes all of it.
+// it from SPARSEVISION_BUFFER_CACHE_MB); a buffer given back over the cap makes room by freeing the buffers idle the
+// longest, so the cache follows the current workload (a float64 run, or a larger scene, does not leave it full of
+// sizes nobody asks for any more). A recycled buffer's contents are unspecified, as with at::empty; every op that
+// uses one writes all of it.
 #include "recycled_buffers.h"
 
 #include <c10/core/CPUAllocator.h>
 
-#include <map>
+#include <list>
 #include <mutex>
+#include <vector>
 
 namespace sparsevision {
 namespace {
@@ -34,9 +37,15 @@ class BufferCache {
   Buffer* take(int64_t bytes) {
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      auto fit = idle_.lower_bound(bytes);
-      if (fit != idle_.end() && fit->first <= bytes + bytes / 4) {
-        Buffer* buffer = fit->second;
+      auto fit = idle_.end();
+      for (auto it = idle_.begin(); it != idle_.end(); ++it) {   // at most limit / kRecycledBytes entries
+        if ((*it)->bytes >= bytes && (*it)->bytes <= bytes + bytes / 4 &&
+            (fit == idle_.end() || (*it)->bytes < (*fit)->bytes)) {
+          fit = it;
+        }
+      }
+      if (fit != idle_.end()) {
+        Buffer* buffer = *fit;
         idle_.erase(fit);
         idle_bytes_ -= buffer->bytes;
         return buffer;
@@ -46,32 +55,30 @@ class BufferCache {
   }
 
   void give_back(Buffer* buffer) {
+    std::vector<Buffer*> freed{buffer};
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      if (idle_bytes_ + buffer->bytes <= limit_bytes_) {
-        idle_.emplace(buffer->bytes, buffer);
+      if (buffer->bytes <= limit_bytes_) {
+        freed = evict(limit_bytes_ - buffer->bytes);
+        idle_.push_back(buffer);
         idle_bytes_ += buffer->bytes;
-        return;
       }
     }
-    delete buffer;
+    for (Buffer* old : freed) delete old;
   }
 
-  // Frees the largest idle buffers until at most `keep` bytes stay idle; returns the bytes freed.
+  // Frees the buffers idle the longest until at most `keep` bytes stay idle; returns the bytes freed.
   int64_t shrink_to(int64_t keep) {
-    std::multimap<int64_t, Buffer*> freed;
-    int64_t bytes = 0;
+    std::vector<Buffer*> freed;
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      while (idle_bytes_ > keep) {
-        auto largest = std::prev(idle_.end());
-        idle_bytes_ -= largest->first;
-        bytes += largest->first;
-        freed.insert(*largest);
-        idle_.erase(largest);
-      }
+      freed = evict(keep);
     }
-    for (auto& entry : freed) delete entry.second;
+    int64_t bytes = 0;
+    for (Buffer* old : freed) {
+      bytes += old->bytes;
+      delete old;
+    }
     return bytes;
   }
 
@@ -92,8 +99,19 @@ class BufferCache {
   }
 
  private:
+  // Unlinks the oldest idle buffers until at most `keep` bytes stay; the caller frees them outside the lock.
+  std::vector<Buffer*> evict(int64_t keep) {
+    std::vector<Buffer*> evicted;
+    while (idle_bytes_ > keep) {
+      evicted.push_back(idle_.front());
+      idle_bytes_ -= idle_.front()->bytes;
+      idle_.pop_front();
+    }
+    return evicted;
+  }
+
   std::mutex mutex_;
-  std::multimap<int64_t, Buffer*> idle_;
+  std::list<Buffer*> idle_;   // oldest first
   int64_t idle_bytes_ = 0, limit_bytes_ = 0;   // off until sparsevision.ops sets the cap at import
 };
 

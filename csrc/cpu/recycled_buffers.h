@@ -11,7 +11,7 @@ namespace sparsevision {
 // of idle buffers, so a training step does not page-fault its large activations in again on every call.
 at::Tensor empty_recycled(at::IntArrayRef sizes, const at::TensorOptions& options);
 
-// Caps the bytes of idle buffers kept (0 turns recycling off), frees those over the cap; returns the previous cap.
+// Caps the bytes of idle buffers kept (0 turns recycling off), freeing the oldest over it; returns the previous cap.
 int64_t set_recycled_limit(int64_t bytes);
 
 // Frees every idle buffer; returns the bytes freed.

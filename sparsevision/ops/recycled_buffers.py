@@ -6,8 +6,9 @@ activation of a training step is page-faulted in again, 4 KiB at a time, on ever
 least 8 MiB when their tensors die and give them to the next output that fits (``csrc/cpu/recycled_buffers.cpp``).
 
 Idle buffers are capped at ``SPARSEVISION_BUFFER_CACHE_MB`` MiB (default 1024; ``0`` turns recycling off), or at
-what :func:`set_buffer_cache_limit` sets; :func:`release_cached_buffers` frees them all. Without the native
-extension these do nothing.
+what :func:`set_buffer_cache_limit` sets; a buffer given back to a full cache frees those idle the longest, so the
+cache follows the current workload (after a float64 run or a larger scene). :func:`release_cached_buffers` frees
+them all. Without the native extension these do nothing.
 """
 import importlib
 import os
@@ -22,7 +23,7 @@ _native = importlib.import_module('sparsevision._C') if EXTENSION.loaded else No
 
 
 def set_buffer_cache_limit(megabytes: int) -> int:
-    """Keeps at most ``megabytes`` MiB of idle buffers (0: no recycling), freeing any over it; returns the old cap.
+    """Keeps at most ``megabytes`` MiB of idle buffers (0: no recycling), the oldest freed first; returns the old cap.
 
     Raises:
         ValueError: if ``megabytes`` is not a whole number >= 0.

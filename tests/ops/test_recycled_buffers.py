@@ -98,6 +98,29 @@ def test_limit_and_release():
         ops.set_buffer_cache_limit(previous)
 
 
+def test_a_full_cache_frees_the_buffers_idle_longest():
+    """After a float64 run fills the cache, float32 buffers still get kept (and reused): the old sizes make room."""
+    features, weight, neighbors, inverse = identity_case()
+    previous = ops.set_buffer_cache_limit(60)   # MiB: two 25.6 MB float64 buffers fill it
+    try:
+        stale = [ops.sparse_conv(features.double(), weight.double(), neighbors, inverse, 1) for _ in range(2)]
+        stale_addresses = {tensor.data_ptr() for tensor in stale}
+        del stale
+        assert ops.cached_buffer_bytes() == 2 * ROWS * CHANNELS * 8
+        outputs = [ops.sparse_conv(features, weight, neighbors, inverse, 1) for _ in range(2)]
+        addresses = {tensor.data_ptr() for tensor in outputs}
+        assert not addresses & stale_addresses   # float64 buffers are twice too large to serve float32 outputs
+        del outputs   # the second float32 buffer needs room: the first float64 buffer (idle longest) goes
+        assert ops.cached_buffer_bytes() == ROWS * CHANNELS * 8 + 2 * ROWS * CHANNELS * 4
+        again = [ops.sparse_conv(features, weight, neighbors, inverse, 1) for _ in range(2)]
+        assert {tensor.data_ptr() for tensor in again} == addresses
+        del again
+        assert ops.set_buffer_cache_limit(30) == 60   # shrinking frees the oldest idle buffer: the float64 one
+        assert ops.cached_buffer_bytes() == 2 * ROWS * CHANNELS * 4
+    finally:
+        ops.set_buffer_cache_limit(previous)
+
+
 @pytest.mark.parametrize('limit', [-1, 1.5, True, '8'])
 def test_bad_limit_is_rejected(limit):
     with pytest.raises(ValueError, match='whole number of MiB'):
