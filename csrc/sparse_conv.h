@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <atomic>
 
 namespace sparsevision {
@@ -42,9 +43,12 @@ inline void check_neighbor_range(const at::Tensor& neighbors, int64_t rows, cons
   const int32_t* data = neighbors.data_ptr<int32_t>();
   std::atomic<bool> valid{true};
   at::parallel_for(0, neighbors.numel(), 1 << 16, [&](int64_t begin, int64_t end) {
-    bool chunk_valid = true;
-    for (int64_t i = begin; i < end; ++i) chunk_valid &= data[i] >= -1 && data[i] < rows;
-    if (!chunk_valid) valid = false;
+    int32_t lowest = -1, highest = -1;   // min/max reductions vectorise (a per-entry test did not: 1 cycle each)
+    for (int64_t i = begin; i < end; ++i) {
+      lowest = std::min(lowest, data[i]);
+      highest = std::max(highest, data[i]);
+    }
+    if (lowest < -1 || highest >= rows) valid = false;
   });
   TORCH_CHECK_VALUE(valid.load(), op, ": kernel map entries must be -1 or rows of features (< ", rows, ")");
 }

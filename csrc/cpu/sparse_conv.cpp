@@ -1,17 +1,18 @@
 // CPU kernels of sparsevision::sparse_conv and sparsevision::sparse_conv_weight_grad.
 //
-// sparse_conv (output-stationary): out[m, o] = sum over taps k (in order) and
-//   input channels i of o's group (in order) of features[neighbors[m, k], i] * weight[k, i_local, o].
-// Every output row is summed by one thread in that fixed order, so results are
-// bitwise identical at any thread count. Three paths, chosen by shape alone:
-// groups == 1 keeps fixed row pairs' accumulators in vector registers
-// (convolve_rows_in_registers), or, when the weight is larger than about a quarter of L2,
-// walks fixed blocks of output rows (sized to stay in L2) tap by tap so each packed weight
-// slice is reused by the whole block, four rows at a time (convolve_row_blocks; the same
-// per-row sums, bit for bit); out_channels not a multiple of 16 are padded with zero weight
-// columns to one. Grouped layers process rows in blocks, handling the rows that have tap k
-// four at a time (convolve_range). The weight may have any strides: it is packed once per
-// call (pack_weight), which also replaces the layers' layout copies.
+// sparse_conv (output-stationary): out[m, o] = sum over taps k and input channels i of o's group of
+//   features[neighbors[m, k], i] * weight[k, i_local, o]. Every output row is summed by one thread in an order fixed
+//   by the shape, so results are bitwise identical at any thread count. Four paths, chosen by shape alone:
+//   - groups == 1 with at most 8 outputs: each output a dot product along the input channels
+//     (convolve_narrow_outputs);
+//   - other groups == 1 layers add taps, then input channels, in order: fixed row pairs' accumulators in vector
+//     registers (convolve_rows_in_registers), or, when the weight is larger than about a quarter of L2, fixed blocks
+//     of output rows (sized to stay in L2) walked tap by tap so each packed weight slice serves the whole block, four
+//     rows at a time (convolve_row_blocks; the same per-row sums, bit for bit); out_channels not a multiple of 16 are
+//     padded with zero weight columns to one;
+//   - grouped layers: rows in blocks, the rows that have tap k four at a time (convolve_range).
+//   The weight may have any strides: it is packed once per call (pack_weight), which also replaces the layers' layout
+//   copies.
 //
 // sparse_conv_weight_grad: grad_weight[k, i_local, o] = sum over m (in order) of
 //   features[neighbors[m, k], i] * grad_output[m, o]; the map is first regrouped into per-tap pair lists, then
@@ -28,6 +29,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 #if defined(__x86_64__)
@@ -129,6 +131,66 @@ SV_VECTOR_CLONES void convolve_range(const scalar_t* features, const acc_t* weig
   for (int64_t first = begin * kRowBlock; first < std::min(shape->outputs, end * kRowBlock); first += kRowBlock) {
     convolve_block<scalar_t, acc_t>(features, weight, neighbors, out, *shape, first,
                                     std::min(shape->outputs, first + kRowBlock), acc.data(), converted.data());
+  }
+}
+
+// groups == 1 and at most kNarrowOutputs outputs (a stem's input gradient: 32 -> 4 channels over 125 taps). Padded
+// to 16 outputs, most of the work would be zeros and each row one latency-bound chain; here each output is a dot
+// product along the input channels instead. A row's present taps are listed first (without branches); each tap then
+// adds, for every output, input-channel vectors times weight vectors into two accumulators (even and odd vectors),
+// which are added at the row's end and their lanes summed in order. The weight comes packed as
+// [taps][Outputs][input channels rounded up to whole vectors], zero-padded (pack_weight_by_output); input rows are
+// read in place when they are whole vectors of acc_t, else copied into a zero-padded buffer. The order depends on the
+// shape only, and each row is summed by one thread, so results are the same at any thread count.
+constexpr int64_t kNarrowOutputs = 8;
+
+template <int Outputs, typename scalar_t, typename acc_t>
+SV_VECTOR_CLONES void convolve_narrow_outputs(const scalar_t* features, const acc_t* weight, const int32_t* neighbors,
+                                              scalar_t* out, const ConvShape* shape, int64_t first, int64_t last) {
+  constexpr int kWidth = kLanes<acc_t>;
+  const int64_t taps = shape->taps, in_channels = shape->in_channels, out_channels = shape->out_channels;
+  const int64_t vectors = at::divup(in_channels, int64_t(kWidth)), padded = vectors * kWidth;
+  const bool in_place = std::is_same_v<scalar_t, acc_t> && in_channels % kWidth == 0;
+  std::vector<acc_t> row_copy(in_place ? 0 : padded, acc_t(0));
+  std::vector<int64_t> present(taps);
+  for (int64_t m = first; m < last; ++m) {
+    const int32_t* row = neighbors + m * taps;
+    int64_t count = 0;
+    for (int64_t k = 0; k < taps; ++k) {
+      present[count] = k;
+      count += row[k] >= 0;
+    }
+    Vector<acc_t> even[Outputs] = {}, odd[Outputs] = {};
+    for (int64_t p = 0; p < count; ++p) {
+      const int64_t k = present[p];
+      const scalar_t* source = features + int64_t(row[k]) * in_channels;
+      const acc_t* x;
+      if (in_place) {
+        x = reinterpret_cast<const acc_t*>(source);
+      } else {
+        for (int64_t i = 0; i < in_channels; ++i) row_copy[i] = static_cast<acc_t>(source[i]);
+        x = row_copy.data();
+      }
+      const acc_t* w = weight + k * Outputs * padded;
+      int64_t v = 0;
+      for (; v + 2 <= vectors; v += 2) {
+        const Vector<acc_t> x0 = load_vector(x + v * kWidth), x1 = load_vector(x + (v + 1) * kWidth);
+        for (int o = 0; o < Outputs; ++o) {
+          even[o] += x0 * load_vector(w + o * padded + v * kWidth);
+          odd[o] += x1 * load_vector(w + o * padded + (v + 1) * kWidth);
+        }
+      }
+      if (v < vectors) {
+        const Vector<acc_t> x0 = load_vector(x + v * kWidth);
+        for (int o = 0; o < Outputs; ++o) even[o] += x0 * load_vector(w + o * padded + v * kWidth);
+      }
+    }
+    for (int o = 0; o < std::min<int64_t>(Outputs, out_channels); ++o) {
+      const Vector<acc_t> total = even[o] + odd[o];
+      acc_t sum = total[0];
+      for (int j = 1; j < kWidth; ++j) sum += total[j];
+      out[m * out_channels + o] = static_cast<scalar_t>(sum);
+    }
   }
 }
 
@@ -446,6 +508,23 @@ void pack_weight(const at::Tensor& weight, int64_t chunk, acc_t* target) {
   });
 }
 
+// weight[k, i, o] (a [taps, in, out] tensor of any strides) -> target[(k * outputs + o) * padded + i] as acc_t, zero
+// for o >= out and i >= in: the layout of convolve_narrow_outputs.
+template <typename scalar_t, typename acc_t>
+void pack_weight_by_output(const at::Tensor& weight, int64_t outputs, int64_t padded, acc_t* target) {
+  const int64_t taps = weight.size(0), in_channels = weight.size(1), out_channels = weight.size(2);
+  const scalar_t* source = weight.data_ptr<scalar_t>();
+  std::fill(target, target + taps * outputs * padded, acc_t(0));
+  for (int64_t k = 0; k < taps; ++k) {
+    for (int64_t o = 0; o < out_channels; ++o) {
+      for (int64_t i = 0; i < in_channels; ++i) {
+        target[(k * outputs + o) * padded + i] =
+            static_cast<acc_t>(source[k * weight.stride(0) + i * weight.stride(1) + o * weight.stride(2)]);
+      }
+    }
+  }
+}
+
 // The calling thread's buffer for packed weights, reused from call to call: a fresh allocation of a few MB would be
 // paid again in page faults on every call.
 template <typename acc_t>
@@ -456,8 +535,8 @@ acc_t* packing_buffer(int64_t elements) {
 }
 
 // `tensor` with its output-channel dimension `dim` zero-padded to a multiple of 16. Layers with such outputs run on a
-// register-blocked path (many times faster than the generic one, e.g. for a stem's input gradient with 4 outputs);
-// the real outputs' sums, and their order, are unchanged, and the caller keeps only those.
+// register-blocked path (many times faster than the generic one, e.g. for a 24-channel layer, or the weight gradient
+// of a stem's input gradient); the real outputs' sums, and their order, are unchanged, and the caller keeps only those.
 at::Tensor padded_outputs(const at::Tensor& tensor, int64_t dim) {
   std::vector<int64_t> sizes = tensor.sizes().vec();
   sizes[dim] = at::divup(sizes[dim], 16) * 16;
@@ -482,7 +561,7 @@ at::Tensor sparse_conv_cpu(const at::Tensor& features_in, const at::Tensor& weig
   if (shape.outputs * shape.out_channels == 0) {
     return at::empty({shape.outputs, shape.out_channels}, features.options());
   }
-  if (groups == 1 && shape.out_channels % 16 != 0) {   // zero weight columns (see padded_outputs)
+  if (groups == 1 && shape.out_channels > kNarrowOutputs && shape.out_channels % 16 != 0) {   // see padded_outputs
     return sparse_conv_cpu(features, padded_outputs(weight_in, 2), neighbors, inverse_neighbors, 1)
         .narrow(1, 0, shape.out_channels)
         .contiguous();
@@ -514,8 +593,20 @@ at::Tensor sparse_conv_cpu(const at::Tensor& features_in, const at::Tensor& weig
         kernel(x, w, map, y, &shape, blocks.rows, begin, end);
       });
     };
+    auto narrow = [&](auto kernel, int64_t outputs) {
+      const int64_t padded = at::divup(shape.in_channels, int64_t(kLanes<acc_t>)) * kLanes<acc_t>;
+      acc_t* w = packing_buffer<acc_t>(shape.taps * outputs * padded);
+      pack_weight_by_output<scalar_t, acc_t>(weight_in, outputs, padded, w);
+      at::parallel_for(0, shape.outputs, kRowBlock, [&](int64_t begin, int64_t end) {
+        kernel(x, w, map, y, &shape, begin, end);
+      });
+    };
     const bool wide = groups == 1 && shape.out_channels % 16 == 0 && use_row_blocks<acc_t>(shape);
-    if (wide && shape.out_channels % 64 == 0) {
+    if (groups == 1 && shape.out_channels <= 4) {
+      narrow(convolve_narrow_outputs<4, scalar_t, acc_t>, 4);
+    } else if (groups == 1 && shape.out_channels <= kNarrowOutputs) {
+      narrow(convolve_narrow_outputs<kNarrowOutputs, scalar_t, acc_t>, kNarrowOutputs);
+    } else if (wide && shape.out_channels % 64 == 0) {
       in_row_blocks(convolve_row_blocks<64, scalar_t, acc_t>, 64);
     } else if (wide && shape.out_channels % 96 == 0) {
       in_row_blocks(convolve_row_blocks<96, scalar_t, acc_t>, 96);
@@ -542,28 +633,39 @@ at::Tensor sparse_conv_cpu(const at::Tensor& features_in, const at::Tensor& weig
   return out;
 }
 
-// Per tap, the (output row, input row) pairs of the kernel map in output-row order (CSR by tap).
+// Per tap, the (output row, input row) pairs of the kernel map in output-row order: tap k's pairs are
+// [begin(k), end(k)) of `outputs` and `inputs` (CSR by tap). Each row's present taps are listed first, without
+// branches: which taps are present is unpredictable, and branching on it cost a stem's 125-tap map more than the
+// weight gradient itself.
 struct PairsByTap {
   std::vector<int64_t> offsets;  // taps + 1
-  std::vector<int32_t> outputs, inputs;
+  std::unique_ptr<int32_t[]> outputs, inputs;   // not zero-filled: every slot is written
 
   PairsByTap(const int32_t* neighbors, int64_t rows, int64_t taps) : offsets(taps + 1, 0) {
     for (int64_t m = 0; m < rows; ++m) {
       for (int64_t k = 0; k < taps; ++k) offsets[k + 1] += neighbors[m * taps + k] >= 0;
     }
     for (int64_t k = 0; k < taps; ++k) offsets[k + 1] += offsets[k];
-    outputs.resize(offsets[taps]);
-    inputs.resize(offsets[taps]);
-    std::vector<int64_t> cursor(offsets.begin(), offsets.end() - 1);
+    outputs.reset(new int32_t[offsets[taps]]);
+    inputs.reset(new int32_t[offsets[taps]]);
+    std::vector<int64_t> cursor(offsets.begin(), offsets.end() - 1), present(taps);
     for (int64_t m = 0; m < rows; ++m) {
+      const int32_t* row = neighbors + m * taps;
+      int64_t count = 0;
       for (int64_t k = 0; k < taps; ++k) {
-        const int32_t n = neighbors[m * taps + k];
-        if (n < 0) continue;
+        present[count] = k;
+        count += row[k] >= 0;
+      }
+      for (int64_t p = 0; p < count; ++p) {
+        const int64_t k = present[p];
         outputs[cursor[k]] = static_cast<int32_t>(m);
-        inputs[cursor[k]++] = n;
+        inputs[cursor[k]++] = row[k];
       }
     }
   }
+
+  int64_t begin(int64_t tap) const { return offsets[tap]; }
+  int64_t end(int64_t tap) const { return offsets[tap + 1]; }
 };
 
 template <typename scalar_t, typename acc_t>
@@ -575,7 +677,7 @@ SV_VECTOR_CLONES void weight_grad_range(const scalar_t* features, const scalar_t
     const int64_t i_begin = (task % channel_blocks) * kChannelBlock;
     const int64_t i_end = std::min(shape->in_per_group, i_begin + kChannelBlock);
     acc_t* dw = grad_weight + k * shape->in_per_group * shape->out_channels;
-    for (int64_t p = pairs->offsets[k]; p < pairs->offsets[k + 1]; ++p) {
+    for (int64_t p = pairs->begin(k); p < pairs->end(k); ++p) {
       const scalar_t* x = features + int64_t(pairs->inputs[p]) * shape->in_channels;
       const scalar_t* dy = grad_output + int64_t(pairs->outputs[p]) * shape->out_channels;
       for (int64_t g = 0; g < shape->groups; ++g) {
@@ -621,8 +723,8 @@ SV_VECTOR_CLONES void weight_grad_in_registers(const scalar_t* features, const s
   std::vector<int64_t> cursor(end - begin);   // each task's next pair
   for (int64_t task = begin; task < end; ++task) {
     const int64_t k = task / groups_per_tap, c0 = task % groups_per_tap * group_chunks;
-    cursor[task - begin] = pairs->offsets[k];
-    if (pairs->offsets[k] == pairs->offsets[k + 1]) {
+    cursor[task - begin] = pairs->begin(k);
+    if (pairs->begin(k) == pairs->end(k)) {
       acc_t* dw = grad_weight + k * in_channels * out_channels + c0 * Chunk;
       const int64_t group = std::min(group_chunks, chunks - c0);
       for (int64_t i = 0; i < in_channels; ++i) {
@@ -635,10 +737,10 @@ SV_VECTOR_CLONES void weight_grad_in_registers(const scalar_t* features, const s
       const int64_t k = task / groups_per_tap, c0 = task % groups_per_tap * group_chunks;
       const int64_t group = std::min(group_chunks, chunks - c0);
       acc_t* dw = grad_weight + k * in_channels * out_channels + c0 * Chunk;
-      const int64_t tap_begin = pairs->offsets[k];
+      const int64_t tap_begin = pairs->begin(k);
       const int64_t range_begin = cursor[task - begin];
       int64_t range_end = range_begin;
-      while (range_end < pairs->offsets[k + 1] && pairs->outputs[range_end] < block_end) ++range_end;
+      while (range_end < pairs->end(k) && pairs->outputs[range_end] < block_end) ++range_end;
       cursor[task - begin] = range_end;
       if (range_begin == range_end) continue;
       const int64_t tile_pairs = at::divup(range_end - range_begin, at::divup(range_end - range_begin, kTile));

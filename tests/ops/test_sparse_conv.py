@@ -132,7 +132,7 @@ def test_opcheck():
 # (weight over 256 KB; 48-channel chunks for 96 outputs), whose row blocks depend on the thread count.
 @pytest.mark.parametrize('count, in_per_group, out_per_group', [(4000, 32, 64), (4000, 32, 24), (4000, 32, 256),
                                                                  (1500, 96, 96), (4500, 96, 96), (4500, 64, 64),
-                                                                 (4000, 20, 384)])
+                                                                 (4000, 20, 384), (4000, 32, 4), (4000, 20, 7)])
 def test_bitwise_identical_across_threads(count, in_per_group, out_per_group):
     features, weight, neighbors, inverse = make_case(count, [20, 20, 20], 1, in_per_group, out_per_group,
                                                      torch.float32)
@@ -164,6 +164,34 @@ def test_weight_gradient_over_many_row_blocks(in_channels, out_channels):
         exact = reference.sparse_conv_weight_grad(rounded_features.double(), rounded_grad.double(), neighbors,
                                                   inverse, 1)
         torch.testing.assert_close(result, exact, rtol=0, atol=tolerance * exact.abs().max().item())
+
+
+# At most 8 outputs: each a dot product along the input channels. 32 inputs are read in place (two vectors), 20 and
+# 3 through a zero-padded copy; 1, 4, 5 and 8 outputs pad the packed weight to 4 or 8 outputs, or fill it.
+@pytest.mark.parametrize('in_channels', [32, 20, 3])
+@pytest.mark.parametrize('out_channels', [1, 4, 5, 8])
+@pytest.mark.parametrize('strided', [False, True])
+def test_narrow_outputs_against_reference(in_channels, out_channels, strided):
+    features, weight, neighbors, inverse = make_case(700, [10, 10, 10], 1, in_channels, out_channels, seed=5,
+                                                     strided=strided)
+    assert_matches_reference(features, weight, neighbors, inverse, 1)
+    expected = reference.sparse_conv(features, weight, neighbors, inverse, 1)
+    for dtype, tolerance in ((torch.float32, 1e-6), (torch.bfloat16, 2e-2), (torch.float16, 2e-3)):
+        rounded = features.to(dtype), weight.to(dtype)
+        exact = reference.sparse_conv(*(tensor.double() for tensor in rounded), neighbors, inverse, 1)
+        out = ops.sparse_conv(*rounded, neighbors, inverse, 1)
+        assert out.dtype == dtype
+        torch.testing.assert_close(out.double(), exact, rtol=0, atol=tolerance * expected.abs().max().item())
+
+
+def test_narrow_outputs_keep_non_finite_inputs_to_the_rows_that_read_them():
+    """An inf input row reaches only the outputs whose map reads it (absent taps and padding lanes add nothing)."""
+    features, weight, neighbors, inverse = make_case(300, [8, 8, 8], 1, 20, 4, torch.float32)
+    features[7] = float('inf')
+    out = ops.sparse_conv(features, weight, neighbors, inverse, 1)
+    reads_row = (neighbors == 7).any(dim=1)
+    assert reads_row.any() and not torch.isfinite(out[reads_row]).all(dim=1).any()
+    assert torch.isfinite(out[~reads_row]).all()
 
 
 def test_wide_path_adds_in_the_same_order_as_the_register_path():
@@ -238,9 +266,10 @@ def test_wide_path_in_48_channel_chunks_adds_in_the_register_path_order():
         assert torch.equal(wide[:, first:first + 32], narrow)
 
 
-# Every kernel path (register 64/32, generic, wide in 64/48/16-channel chunks) reads a weight view of any strides, as
+# Every kernel path (narrow outputs, register 64/32, generic, wide in 64/48/16-channel chunks) reads a weight view of any strides, as
 # the layers pass spconv's [out, taps, in] memory and the backward the transposed weight, without a copy.
-@pytest.mark.parametrize('in_channels, out_channels', [(32, 64), (20, 32), (32, 24), (64, 256), (64, 96), (40, 80)])
+@pytest.mark.parametrize('in_channels, out_channels', [(32, 64), (20, 32), (32, 24), (64, 256), (64, 96), (40, 80),
+                                                       (32, 4), (20, 7)])
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float64, torch.bfloat16])
 def test_weight_views_give_the_contiguous_result(in_channels, out_channels, dtype):
     features, _, neighbors, inverse = make_case(600, [10, 10, 10], 1, in_channels, out_channels, dtype)
