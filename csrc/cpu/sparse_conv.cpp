@@ -408,9 +408,12 @@ SV_VECTOR_CLONES void convolve_row_blocks(const scalar_t* features, const acc_t*
 // 64 x 64 channels with 27 taps on, slower at 32 x 32); chosen by shape alone.
 constexpr int64_t kWideWeightBytes = 256 * 1024;
 
+// Kernel-1 layers (shortcut projections) always take it: every row has its one tap, so each weight vector loaded
+// serves four rows instead of two (measured 12-45 % faster; 96 -> 128 channels at 115k sites: 41 -> 34 ms).
 template <typename acc_t>
 bool use_row_blocks(const ConvShape& shape) {
-  return shape.taps * shape.in_channels * shape.out_channels * int64_t(sizeof(acc_t)) > kWideWeightBytes;
+  const int64_t weight_bytes = shape.taps * shape.in_channels * shape.out_channels * int64_t(sizeof(acc_t));
+  return shape.taps == 1 || weight_bytes > kWideWeightBytes;
 }
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)

@@ -256,6 +256,30 @@ def test_wide_path_bitwise_across_threads_in_reduced_precision(in_channels, out_
     torch.testing.assert_close(results[0][0].double(), expected, rtol=1e-4, atol=1e-3)
 
 
+def test_kernel_one_layers_take_the_blocked_path_and_add_in_the_register_path_order():
+    """A 1-tap 96 -> 128 map (blocked path whatever its weight size) gives bitwise what the same map with an empty
+    second tap gives (2 x 96 x 128 float32 = 96 KB: register path), at 1 and 2 threads, and matches the reference."""
+    generator = torch.Generator().manual_seed(4)
+    count = 3000
+    features = torch.randn(count, 96, generator=generator)
+    weight = torch.randn(1, 96, 128, generator=generator)
+    neighbors = torch.randperm(count, generator=generator)[:2500].to(torch.int32).unsqueeze(1)
+    neighbors[::9] = -1
+    two_taps = torch.cat([neighbors, torch.full_like(neighbors, -1)], dim=1)
+    padded_weight = torch.cat([weight, torch.randn(1, 96, 128, generator=generator)])
+    register_path = SPARSE_CONV(features, padded_weight, two_taps, ops.invert_kernel_map(two_taps, count), 1)
+    inverse = ops.invert_kernel_map(neighbors, count)
+    previous = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            assert torch.equal(SPARSE_CONV(features, weight, neighbors, inverse, 1), register_path)
+    finally:
+        torch.set_num_threads(previous)
+    expected = reference.sparse_conv(features.double(), weight.double(), neighbors, inverse, 1)
+    torch.testing.assert_close(register_path.double(), expected, rtol=1e-5, atol=1e-4)
+
+
 def test_wide_path_in_48_channel_chunks_adds_in_the_register_path_order():
     """64 -> 96 (663 KB weight: wide path, 48-channel chunks) equals, bitwise, its three 32-channel slices (register
     path)."""
