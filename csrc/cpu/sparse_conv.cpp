@@ -347,16 +347,18 @@ SV_VECTOR_CLONES void convolve_row_blocks(const scalar_t* features, const acc_t*
       int count = 0;
       for (int r = 0; r < rows; ++r) {
         const int32_t n = neighbors[(first + r) * taps + k];
-        if (n < 0) continue;
-        const scalar_t* source = features + int64_t(n) * in_channels;
         if constexpr (convert) {
+          if (n < 0) continue;
+          const scalar_t* source = features + int64_t(n) * in_channels;
           acc_t* target = converted.data() + count * in_channels;
           for (int64_t i = 0; i < in_channels; ++i) target[i] = static_cast<acc_t>(source[i]);
           x[count] = target;
-        } else {
-          x[count] = source;
+          row[count++] = r;
+        } else {   // without branches: which rows have tap k is unpredictable
+          x[count] = features + int64_t(std::max(n, 0)) * in_channels;
+          row[count] = r;
+          count += n >= 0;
         }
-        row[count++] = r;
       }
       if (count == 0) continue;
       for (int64_t c = 0; c < chunks; ++c) {
