@@ -28,6 +28,14 @@ def read_version():
     return namespace['__version__']
 
 
+def schema_fingerprint():
+    """The fingerprint of the op schemas (``sparsevision/ops/schemas.py``), compiled into the extension so a stale
+    build is recognised at import instead of aborting the process."""
+    namespace = {}
+    exec((ROOT / 'sparsevision' / 'ops' / 'schemas.py').read_text(), namespace)
+    return namespace['fingerprint']()
+
+
 def find_cuda_home():
     """The CUDA toolkit to build with, or None."""
     for candidate in (os.environ.get('CUDA_HOME'), os.environ.get('CUDA_PATH'), '/usr/local/cuda'):
@@ -47,6 +55,7 @@ def native_extensions():
     cuda_home = find_cuda_home()
     with_cuda = bool(cuda_sources) and (cuda_home is not None or os.environ.get('FORCE_CUDA') == '1')
     cxx_flags = ['-O3', '-fopenmp']
+    fingerprint = [('SV_SCHEMA_FINGERPRINT', schema_fingerprint())]
     if with_cuda:
         if cuda_home:
             os.environ['CUDA_HOME'] = cuda_home
@@ -56,13 +65,13 @@ def native_extensions():
               f'for TORCH_CUDA_ARCH_LIST={os.environ["TORCH_CUDA_ARCH_LIST"]}')
         extension = cpp_extension.CUDAExtension(
             'sparsevision._C', cpp_sources + cuda_sources,
-            define_macros=[('WITH_CUDA', None)],
+            define_macros=[('WITH_CUDA', None)] + fingerprint,
             extra_compile_args={'cxx': cxx_flags, 'nvcc': ['-O3']},
             py_limited_api=True)
     else:
         print('Building sparsevision._C with CPU kernels only (no CUDA toolkit found; set CUDA_HOME or FORCE_CUDA=1).')
         extension = cpp_extension.CppExtension(
-            'sparsevision._C', cpp_sources,
+            'sparsevision._C', cpp_sources, define_macros=fingerprint,
             extra_compile_args={'cxx': cxx_flags}, extra_link_args=['-fopenmp'], py_limited_api=True)
     build_ext = cpp_extension.BuildExtension.with_options(no_python_abi_suffix=True)
     return [extension], {'build_ext': build_ext}

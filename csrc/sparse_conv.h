@@ -9,6 +9,14 @@
 
 namespace sparsevision {
 
+// Layers with at most this many outputs (and one group) run the CPU sparse_conv's narrow-output path, which sums
+// each output along the input channels in vectors: another order than the wider paths.
+constexpr int64_t kNarrowOutputs = 8;
+
+// The CPU kernel of sparsevision::sparse_conv (csrc/cpu/sparse_conv.cpp), for kernels that defer to it.
+at::Tensor sparse_conv_on_cpu(const at::Tensor& features, const at::Tensor& weight, const at::Tensor& neighbors,
+                              const at::Tensor& inverse_neighbors, int64_t groups);
+
 // features [N, C_in], weight [taps, C_in / groups, C_out] of the same dtype, neighbors int32 [M, taps].
 inline void check_conv_arguments(const at::Tensor& features, const at::Tensor& weight, const at::Tensor& neighbors,
                                  int64_t groups) {

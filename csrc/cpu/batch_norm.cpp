@@ -21,6 +21,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "../registration.h"
 #include "recycled_buffers.h"
 #include "vectors.h"
 
@@ -254,7 +255,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> row_batch_norm_backward_cpu(
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(sparsevision, CPU, m) {
+void register_batch_norm_cpu(torch::Library& m) {
   m.impl("row_batch_norm", &row_batch_norm_cpu);
   m.impl("row_batch_norm_backward", &row_batch_norm_backward_cpu);
 }

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "../coordinates.h"
+#include "../registration.h"
 
 namespace sparsevision {
 namespace {
@@ -334,7 +335,7 @@ at::Tensor invert_kernel_map_cpu(const at::Tensor& neighbors_in, int64_t num_inp
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(sparsevision, CPU, m) {
+void register_kernel_map_cpu(torch::Library& m) {
   m.impl("kernel_map", &kernel_map_cpu);
   m.impl("downsample_indices", &downsample_indices_cpu);
   m.impl("invert_kernel_map", &invert_kernel_map_cpu);

@@ -36,6 +36,7 @@
 #include <immintrin.h>
 #endif
 
+#include "../registration.h"
 #include "../sparse_conv.h"
 #include "recycled_buffers.h"
 #include "vectors.h"
@@ -142,7 +143,6 @@ SV_VECTOR_CLONES void convolve_range(const scalar_t* features, const acc_t* weig
 // [taps][Outputs][input channels rounded up to whole vectors], zero-padded (pack_weight_by_output); input rows are
 // read in place when they are whole vectors of acc_t, else copied into a zero-padded buffer. The order depends on the
 // shape only, and each row is summed by one thread, so results are the same at any thread count.
-constexpr int64_t kNarrowOutputs = 8;
 
 template <int Outputs, typename scalar_t, typename acc_t>
 SV_VECTOR_CLONES void convolve_narrow_outputs(const scalar_t* features, const acc_t* weight, const int32_t* neighbors,
@@ -871,7 +871,12 @@ at::Tensor sparse_conv_weight_grad_cpu(const at::Tensor& features_in, const at::
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(sparsevision, CPU, m) {
+at::Tensor sparse_conv_on_cpu(const at::Tensor& features, const at::Tensor& weight, const at::Tensor& neighbors,
+                              const at::Tensor& inverse_neighbors, int64_t groups) {
+  return sparse_conv_cpu(features, weight, neighbors, inverse_neighbors, groups);
+}
+
+void register_sparse_conv_cpu(torch::Library& m) {
   m.impl("sparse_conv", &sparse_conv_cpu);
   m.impl("sparse_conv_weight_grad", &sparse_conv_weight_grad_cpu);
 }

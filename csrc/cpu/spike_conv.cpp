@@ -5,7 +5,8 @@
 //   of spikes[n, i] * weight[k, i, o].
 // Adding a zero leaves a partial sum unchanged, and the order is sparse_conv's, so with finite weights the result
 // equals sparse_conv(spikes, weight, neighbors, inverse, 1) bit for bit (binary spikes add weight rows exactly as
-// 1 * w does).
+// 1 * w does). Layers with at most kNarrowOutputs outputs, where sparse_conv sums in another order (and a weight row
+// is too short for skipping zeros to pay), run sparse_conv's own kernel.
 //
 // 1. Each input site's non-zero channels are listed once (CSR of weight-row offsets i * out_channels, plus values
 //    unless every spike is 1), in parallel; float32 rows are compressed with AVX-512 where the CPU has it.
@@ -30,6 +31,7 @@
 #include <immintrin.h>
 #endif
 
+#include "../registration.h"
 #include "../sparse_conv.h"
 #include "vectors.h"
 
@@ -294,6 +296,9 @@ at::Tensor spike_sparse_conv_cpu(const at::Tensor& spikes_in, const at::Tensor& 
   check_conv_arguments(spikes_in, weight_in, neighbors_in, 1);
   TORCH_CHECK_VALUE(spikes_in.scalar_type() == at::kFloat || spikes_in.scalar_type() == at::kDouble,
                     "spike_sparse_conv: spikes must be float32 or float64, got ", spikes_in.scalar_type());
+  if (weight_in.size(2) <= kNarrowOutputs) {
+    return sparse_conv_on_cpu(spikes_in, weight_in, neighbors_in, inverse_neighbors, 1);
+  }
   const at::Tensor spikes = spikes_in.contiguous(), weight = weight_in.contiguous();
   const at::Tensor neighbors = neighbors_in.contiguous();
   const SpikeShape shape{spikes.size(0), neighbors.size(0), neighbors.size(1), spikes.size(1), weight.size(2)};
@@ -351,6 +356,6 @@ at::Tensor spike_sparse_conv_cpu(const at::Tensor& spikes_in, const at::Tensor& 
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(sparsevision, CPU, m) { m.impl("spike_sparse_conv", &spike_sparse_conv_cpu); }
+void register_spike_conv_cpu(torch::Library& m) { m.impl("spike_sparse_conv", &spike_sparse_conv_cpu); }
 
 }  // namespace sparsevision

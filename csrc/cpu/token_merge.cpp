@@ -19,6 +19,7 @@
 
 #include <algorithm>
 
+#include "../registration.h"
 #include "../token_routing.h"
 
 namespace sparsevision {
@@ -138,7 +139,7 @@ std::tuple<at::Tensor, at::Tensor> merge_tokens_cpu(const at::Tensor& tokens_in,
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(sparsevision, CPU, m) {
+void register_token_merge_cpu(torch::Library& m) {
   m.impl("merge_tokens", &merge_tokens_cpu);
 }
 

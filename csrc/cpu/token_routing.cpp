@@ -11,6 +11,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "../registration.h"
 #include "../token_routing.h"
 
 namespace sparsevision {
@@ -87,7 +88,7 @@ at::Tensor scatter_tokens_cpu(const at::Tensor& tokens_in, const at::Tensor& ind
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(sparsevision, CPU, m) {
+void register_token_routing_cpu(torch::Library& m) {
   m.impl("gather_tokens", &gather_tokens_cpu);
   m.impl("scatter_tokens", &scatter_tokens_cpu);
 }

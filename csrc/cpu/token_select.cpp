@@ -18,6 +18,7 @@
 #include <numeric>
 #include <vector>
 
+#include "../registration.h"
 #include "../token_routing.h"
 
 namespace sparsevision {
@@ -83,7 +84,7 @@ at::Tensor select_tokens_cpu(const at::Tensor& scores_in, int64_t keep, int64_t 
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(sparsevision, CPU, m) {
+void register_token_select_cpu(torch::Library& m) {
   m.impl("select_tokens", &select_tokens_cpu);
 }
 

@@ -12,6 +12,7 @@
 #include <torch/library.h>
 
 #include "../coordinates.h"
+#include "../registration.h"
 
 namespace sparsevision {
 namespace {
@@ -237,7 +238,7 @@ at::Tensor invert_kernel_map_cuda(const at::Tensor& neighbors_in, int64_t num_in
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(sparsevision, CUDA, m) {
+void register_kernel_map_cuda(torch::Library& m) {
   m.impl("kernel_map", &kernel_map_cuda);
   m.impl("downsample_indices", &downsample_indices_cuda);
   m.impl("invert_kernel_map", &invert_kernel_map_cuda);

@@ -20,6 +20,7 @@
 
 #include <vector>
 
+#include "../registration.h"
 #include "../sparse_conv.h"
 
 namespace sparsevision {
@@ -163,7 +164,7 @@ at::Tensor sparse_conv_weight_grad_cuda(const at::Tensor& features_in, const at:
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(sparsevision, CUDA, m) {
+void register_sparse_conv_cuda(torch::Library& m) {
   m.impl("sparse_conv", &sparse_conv_cuda);
   m.impl("sparse_conv_weight_grad", &sparse_conv_weight_grad_cuda);
 }

@@ -18,6 +18,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include "../registration.h"
 #include "../token_routing.h"
 
 namespace sparsevision {
@@ -104,7 +105,7 @@ std::tuple<at::Tensor, at::Tensor> merge_tokens_cuda(const at::Tensor& tokens_in
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(sparsevision, CUDA, m) {
+void register_token_merge_cuda(torch::Library& m) {
   m.impl("merge_tokens", &merge_tokens_cuda);
 }
 

@@ -11,6 +11,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include "../registration.h"
 #include "../token_routing.h"
 
 namespace sparsevision {
@@ -92,7 +93,7 @@ at::Tensor scatter_tokens_cuda(const at::Tensor& tokens_in, const at::Tensor& in
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(sparsevision, CUDA, m) {
+void register_token_routing_cuda(torch::Library& m) {
   m.impl("gather_tokens", &gather_tokens_cuda);
   m.impl("scatter_tokens", &scatter_tokens_cuda);
 }

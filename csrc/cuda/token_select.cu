@@ -12,6 +12,7 @@
 
 #include <limits>
 
+#include "../registration.h"
 #include "../token_routing.h"
 
 namespace sparsevision {
@@ -35,7 +36,7 @@ at::Tensor select_tokens_cuda(const at::Tensor& scores, int64_t keep, int64_t nu
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(sparsevision, CUDA, m) {
+void register_token_select_cuda(torch::Library& m) {
   m.impl("select_tokens", &select_tokens_cuda);
 }
 

@@ -1,9 +1,9 @@
 """The ``sparsevision`` operator library: schemas, native kernels, reference fallback.
 
-Schemas are defined here, once. Importing :mod:`sparsevision._C` then
-registers the native CPU (and, when compiled in, CUDA) kernels for them. For
-CPU or CUDA, wherever the extension has no kernel for an op, the pure-PyTorch reference from
-:mod:`sparsevision.ops.reference` is registered instead and one warning says so.
+Schemas are defined here, once (from :mod:`sparsevision.ops.schemas`). The native CPU (and, when compiled in,
+CUDA) kernels of :mod:`sparsevision._C` are then registered for them, if the extension was built for the same
+schemas; a stale build is reported and left unused. For CPU or CUDA, wherever the extension has no kernel for an
+op, the pure-PyTorch reference from :mod:`sparsevision.ops.reference` is registered instead and one warning says so.
 ``SPARSEVISION_DISABLE_EXTENSION=1`` forces the reference path everywhere.
 """
 import importlib
@@ -13,32 +13,10 @@ from dataclasses import dataclass
 
 import torch
 
-from . import reference
+from . import reference, schemas
+from .schemas import SCHEMAS
 
 LIBRARY_NAME = 'sparsevision'
-SCHEMAS = {
-    'gather_tokens': 'gather_tokens(Tensor tokens, Tensor index) -> Tensor',
-    'scatter_tokens': 'scatter_tokens(Tensor tokens, Tensor index, SymInt num_tokens) -> Tensor',
-    'merge_tokens': ('merge_tokens(Tensor tokens, Tensor sizes, Tensor index, SymInt num_out) '
-                     '-> (Tensor merged, Tensor merged_sizes)'),
-    'select_tokens': 'select_tokens(Tensor scores, int keep, int num_prefix) -> Tensor',
-    'kernel_map': ('kernel_map(Tensor in_indices, Tensor out_indices, int[] spatial_shape, int[] kernel_size, '
-                   'int[] stride, int[] padding, int[] dilation) -> Tensor'),
-    'downsample_indices': ('downsample_indices(Tensor indices, int[] spatial_shape, int[] kernel_size, '
-                           'int[] stride, int[] padding, int[] dilation) -> Tensor'),
-    'invert_kernel_map': 'invert_kernel_map(Tensor neighbors, SymInt num_inputs) -> Tensor',
-    'sparse_conv': ('sparse_conv(Tensor features, Tensor weight, Tensor neighbors, Tensor inverse_neighbors, '
-                    'int groups) -> Tensor'),
-    'sparse_conv_weight_grad': ('sparse_conv_weight_grad(Tensor features, Tensor grad_output, Tensor neighbors, '
-                                'Tensor inverse_neighbors, int groups) -> Tensor'),
-    'spike_sparse_conv': ('spike_sparse_conv(Tensor spikes, Tensor weight, Tensor neighbors, '
-                          'Tensor inverse_neighbors) -> Tensor'),
-    'row_batch_norm': ('row_batch_norm(Tensor rows, Tensor? weight, Tensor? bias, float eps, bool relu=False) '
-                       '-> (Tensor out, Tensor mean, Tensor var)'),
-    'row_batch_norm_backward': ('row_batch_norm_backward(Tensor grad_out, Tensor rows, Tensor mean, Tensor var, '
-                                'Tensor? weight, float eps, Tensor? relu_out=None) -> (Tensor grad_rows, '
-                                'Tensor grad_weight, Tensor grad_bias)'),
-}
 BUILD_HINT = ('build it with `make build` (or `pip install --no-build-isolation -e .` from the repository root; '
               'set CUDA_HOME for CUDA kernels)')
 
@@ -66,6 +44,19 @@ def _load_extension() -> ExtensionInfo:
         module = importlib.import_module('sparsevision._C')
     except ImportError as error:
         return ExtensionInfo(False, False, False, str(error))
+    return register_kernels(module)
+
+
+def register_kernels(module) -> ExtensionInfo:
+    """Registers the extension module's kernels if it was built for these schemas (else reports a stale build)."""
+    built_for = getattr(module, 'SCHEMA_FINGERPRINT', 'none')
+    if built_for != schemas.fingerprint():
+        return ExtensionInfo(False, False, False, f'sparsevision._C was built for other op schemas (fingerprint '
+                                                  f'{built_for}, these are {schemas.fingerprint()}): a stale build')
+    try:
+        module.register_kernels()
+    except RuntimeError as error:
+        return ExtensionInfo(False, False, False, f'sparsevision._C could not register its kernels: {error}')
     return ExtensionInfo(True, True, bool(module.WITH_CUDA))
 
 

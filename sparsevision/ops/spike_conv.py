@@ -19,7 +19,8 @@ def spike_sparse_conv(spikes: torch.Tensor, weight: torch.Tensor, neighbors: tor
 
     For binary spikes that is additions of weight rows only; integer
     multi-spikes scale the row. Equal to ``sparse_conv(spikes, weight,
-    neighbors, inverse_neighbors, 1)`` (bitwise for binary spikes and finite weights).
+    neighbors, inverse_neighbors, 1)`` (bitwise for binary spikes and finite weights; layers with at most 8
+    outputs run that kernel itself).
 
     Args:
         spikes: ``[N, C_in]`` spike counts (any values work; zeros are skipped).
