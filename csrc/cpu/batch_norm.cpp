@@ -1,8 +1,9 @@
 // CPU kernels of sparsevision::row_batch_norm and sparsevision::row_batch_norm_backward: training-mode batch norm
 // over the rows of [N, C] (the sites of a sparse tensor). Forward reads the rows twice (statistics, output), backward
-// reads them and the output gradient twice (sums, input gradient); statistics and arithmetic are in double. A ReLU
-// after the norm can be fused: the forward clamps as it writes, the backward masks the output gradient with the
-// fused output (relu_out), which saves the separate ReLU pass and its gradient buffer in both directions.
+// reads them and the output gradient twice (sums, input gradient); statistics and arithmetic are in double. A residual
+// block's tail can be fused: the forward adds a residual and clamps (ReLU) as it writes, the backward masks the
+// output gradient with the fused output (relu_out), which saves the separate add and ReLU passes and the ReLU's
+// gradient buffer.
 //
 // Statistics come from fixed chunks of kChunkRows rows: each chunk's column sums (and, forward, its sum of squared
 // deviations from its own mean, while the chunk is still in cache) in row order, then the chunks combined in chunk
@@ -78,15 +79,18 @@ SV_VECTOR_CLONES void chunk_gradient_sums(const scalar_t* g, const scalar_t* rel
   }
 }
 
-// out[n, c] = (x[n, c] - mean[c]) * scale[c] + shift[c] over rows [first, last), then max(out, 0) when Relu
-// (NaN stays NaN, as with torch.relu).
-template <bool Relu, typename scalar_t>
-SV_VECTOR_CLONES void normalise_rows(const scalar_t* x, const double* mean, const double* scale, const double* shift,
-                                     int64_t first, int64_t last, int64_t columns, scalar_t* out) {
+// out[n, c] = (x[n, c] - mean[c]) * scale[c] + shift[c] over rows [first, last), rounded to scalar_t, plus
+// residual[n, c] when Residual (added in scalar_t, as a separate torch add would), then max(out, 0) when Relu (NaN
+// stays NaN, as with torch.relu).
+template <bool Relu, bool Residual, typename scalar_t>
+SV_VECTOR_CLONES void normalise_rows(const scalar_t* x, const scalar_t* residual, const double* mean,
+                                     const double* scale, const double* shift, int64_t first, int64_t last,
+                                     int64_t columns, scalar_t* out) {
   for (int64_t n = first; n < last; ++n) {
     for (int64_t c = 0; c < columns; ++c) {
-      const scalar_t value =
+      scalar_t value =
           static_cast<scalar_t>((static_cast<double>(x[n * columns + c]) - mean[c]) * scale[c] + shift[c]);
+      if constexpr (Residual) value = static_cast<scalar_t>(value + residual[n * columns + c]);
       out[n * columns + c] = Relu && value < scalar_t(0) ? scalar_t(0) : value;   // rounding keeps the sign
     }
   }
@@ -149,11 +153,16 @@ std::pair<std::vector<double>, std::vector<double>> inverse_deviations(const std
 std::tuple<at::Tensor, at::Tensor, at::Tensor> row_batch_norm_cpu(const at::Tensor& rows_in,
                                                                   const std::optional<at::Tensor>& weight,
                                                                   const std::optional<at::Tensor>& bias, double eps,
-                                                                  bool relu) {
+                                                                  bool relu,
+                                                                  const std::optional<at::Tensor>& residual_in) {
   check_arguments(rows_in, weight, "row_batch_norm");
   TORCH_CHECK_VALUE(!bias.has_value() || (bias->dim() == 1 && bias->size(0) == rows_in.size(1)),
                     "row_batch_norm: bias must be [", rows_in.size(1), "]");
+  TORCH_CHECK_VALUE(!residual_in.has_value() || (residual_in->sizes() == rows_in.sizes() &&
+                                                 residual_in->scalar_type() == rows_in.scalar_type()),
+                    "row_batch_norm: residual must be ", rows_in.sizes(), " of ", rows_in.scalar_type(), " like rows");
   const at::Tensor rows = rows_in.contiguous();
+  const at::Tensor residual = residual_in.has_value() ? residual_in->contiguous() : at::Tensor();
   const int64_t count = rows.size(0), columns = rows.size(1);
   at::Tensor out = empty_recycled(rows.sizes(), rows.options());
   at::Tensor mean = at::empty({columns}, rows.options()), var = at::empty({columns}, rows.options());
@@ -184,13 +193,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> row_batch_norm_cpu(const at::Tens
     const std::vector<double> scale = inverse_deviations(var_d, weight, eps).second;
     const std::vector<double> shift = as_doubles(bias, columns, 0.0);
     scalar_t* y = out.data_ptr<scalar_t>();
-    at::parallel_for(0, count, kChunkRows, [&](int64_t begin, int64_t end) {
-      if (relu) {
-        normalise_rows<true>(x, mean_d.data(), scale.data(), shift.data(), begin, end, columns, y);
-      } else {
-        normalise_rows<false>(x, mean_d.data(), scale.data(), shift.data(), begin, end, columns, y);
-      }
-    });
+    const scalar_t* r = residual.defined() ? residual.data_ptr<scalar_t>() : nullptr;
+    auto normalise = [&](auto kernel) {
+      at::parallel_for(0, count, kChunkRows, [&](int64_t begin, int64_t end) {
+        kernel(x, r, mean_d.data(), scale.data(), shift.data(), begin, end, columns, y);
+      });
+    };
+    if (relu && r) {
+      normalise(normalise_rows<true, true, scalar_t>);
+    } else if (relu) {
+      normalise(normalise_rows<true, false, scalar_t>);
+    } else if (r) {
+      normalise(normalise_rows<false, true, scalar_t>);
+    } else {
+      normalise(normalise_rows<false, false, scalar_t>);
+    }
   });
   return {out, mean, var};
 }

@@ -239,9 +239,9 @@ def column_sums(rows: torch.Tensor) -> torch.Tensor:
 
 
 def row_batch_norm(rows: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
-                   eps: float, relu: bool = False):
-    """Training-mode batch norm over the rows of ``[N, C]``: ``(out, mean, var)``, ``var`` biased; ``relu``: ReLU
-    applied to ``out``."""
+                   eps: float, relu: bool = False, residual: Optional[torch.Tensor] = None):
+    """Training-mode batch norm over the rows of ``[N, C]``: ``(out, mean, var)``, ``var`` biased; ``residual``:
+    added to ``out``; ``relu``: ReLU applied to ``out`` (after the residual)."""
     count = rows.shape[0]
     mean = column_sums(rows) / count
     centred = rows - mean
@@ -250,6 +250,8 @@ def row_batch_norm(rows: torch.Tensor, weight: Optional[torch.Tensor], bias: Opt
     if weight is not None:
         scale = scale * weight
     out = centred * scale if bias is None else torch.addcmul(bias, centred, scale)
+    if residual is not None:
+        out = out + residual
     return torch.relu(out) if relu else out, mean, var
 
 

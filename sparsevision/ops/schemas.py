@@ -24,8 +24,8 @@ SCHEMAS = {
                                 'Tensor inverse_neighbors, int groups) -> Tensor'),
     'spike_sparse_conv': ('spike_sparse_conv(Tensor spikes, Tensor weight, Tensor neighbors, '
                           'Tensor inverse_neighbors) -> Tensor'),
-    'row_batch_norm': ('row_batch_norm(Tensor rows, Tensor? weight, Tensor? bias, float eps, bool relu=False) '
-                       '-> (Tensor out, Tensor mean, Tensor var)'),
+    'row_batch_norm': ('row_batch_norm(Tensor rows, Tensor? weight, Tensor? bias, float eps, bool relu=False, '
+                       'Tensor? residual=None) -> (Tensor out, Tensor mean, Tensor var)'),
     'row_batch_norm_backward': ('row_batch_norm_backward(Tensor grad_out, Tensor rows, Tensor mean, Tensor var, '
                                 'Tensor? weight, float eps, Tensor? relu_out=None) -> (Tensor grad_rows, '
                                 'Tensor grad_weight, Tensor grad_bias)'),

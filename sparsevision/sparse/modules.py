@@ -69,12 +69,15 @@ def can_fuse_relu(norm: nn.Module, relu: Optional[nn.Module]) -> bool:
             and not _has_hooks(relu))
 
 
-def norm_relu(norm: nn.Module, relu: nn.Module, x: SparseTensor) -> SparseTensor:
-    """``relu(norm(x))`` on a SparseTensor, fused into one pass where :func:`can_fuse_relu` allows."""
+def norm_relu(norm: nn.Module, relu: nn.Module, x: SparseTensor,
+              residual: Optional[torch.Tensor] = None) -> SparseTensor:
+    """``relu(norm(x))``, or ``relu(norm(x) + residual)`` (features), on a SparseTensor: one fused pass where
+    :func:`can_fuse_relu` allows, else the modules one by one (the same bits)."""
     if can_fuse_relu(norm, relu):
-        return norm.forward_relu(x)
+        return norm.forward_relu(x, residual)
     out = norm(x)
-    return out.replace_feature(relu(out.features))
+    features = out.features if residual is None else out.features + residual
+    return out.replace_feature(relu(features))
 
 
 class ToDense(SparseModule):

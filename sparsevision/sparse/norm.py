@@ -11,19 +11,20 @@ from .tensor import SparseTensor
 
 def row_batch_norm(rows: torch.Tensor, running_mean: Optional[torch.Tensor], running_var: Optional[torch.Tensor],
                    weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], training: bool, momentum: float,
-                   eps: float, relu: bool = False) -> torch.Tensor:
-    """``F.batch_norm`` over the rows of ``[N, C]``, bitwise the same at any thread count; ``relu``: then ReLU.
+                   eps: float, relu: bool = False, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``F.batch_norm`` over the rows of ``[N, C]``, bitwise the same at any thread count; ``residual``: then added;
+    ``relu``: then ReLU.
 
     PyTorch's CPU batch norm splits its statistics across threads, so its
     rounding depends on the thread count; here batch statistics come from
     :func:`~sparsevision.ops.batch_norm_rows`, whose sums do not (and which
-    fuses the ReLU). Otherwise the same arguments as ``F.batch_norm``.
+    fuses the residual and the ReLU). Otherwise the same arguments as ``F.batch_norm``.
     """
     if training or running_mean is None:
         count = rows.shape[0]
         if count < 2 and training:
             raise ValueError(f'batch norm in training needs more than one value per channel, got {count} row(s)')
-        out, mean, var = ops.batch_norm_rows(rows, weight, bias, eps, relu)
+        out, mean, var = ops.batch_norm_rows(rows, weight, bias, eps, relu, residual)
         if training and running_mean is not None:
             with torch.no_grad():
                 running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
@@ -35,24 +36,28 @@ def row_batch_norm(rows: torch.Tensor, running_mean: Optional[torch.Tensor], run
     if weight is not None:
         scale = scale * weight
     out = centred * scale if bias is None else torch.addcmul(bias, centred, scale)
+    if residual is not None:
+        out = out.add_(residual)
     return torch.relu_(out) if relu else out
 
 
 class SparseBatchNorm(nn.BatchNorm1d, SparseModule):
     """BatchNorm over all sites of the batch (spconv's ``SparseBatchNorm``); takes a SparseTensor.
 
-    Bitwise deterministic at any thread count (see :func:`row_batch_norm`). :meth:`forward_relu` is ``relu(self(x))``
-    in one pass, which ``SparseSequential`` and the sparse blocks use for a norm followed by ``nn.ReLU``.
+    Bitwise deterministic at any thread count (see :func:`row_batch_norm`). :meth:`forward_relu` is
+    ``relu(self(x) + residual)`` in one pass, which ``SparseSequential`` and the sparse blocks use for a norm followed
+    by ``nn.ReLU`` (and a residual block's tail).
     """
 
     def forward(self, x: SparseTensor) -> SparseTensor:
         return self._normalise(x, relu=False)
 
-    def forward_relu(self, x: SparseTensor) -> SparseTensor:
-        """``relu(self(x))``, the ReLU fused into the norm (no separate pass or buffer in either direction)."""
-        return self._normalise(x, relu=True)
+    def forward_relu(self, x: SparseTensor, residual: Optional[torch.Tensor] = None) -> SparseTensor:
+        """``relu(self(x))``, or ``relu(self(x).features + residual)``, fused into the norm: no separate pass or
+        buffer for the add or the ReLU, and the same bits as running them one by one."""
+        return self._normalise(x, relu=True, residual=residual)
 
-    def _normalise(self, x: SparseTensor, relu: bool) -> SparseTensor:
+    def _normalise(self, x: SparseTensor, relu: bool, residual: Optional[torch.Tensor] = None) -> SparseTensor:
         features = x.features
         if features.dim() != 2 or features.shape[1] != self.num_features:
             raise ValueError(f'SparseBatchNorm expects [N, {self.num_features}] features, got '
@@ -66,7 +71,7 @@ class SparseBatchNorm(nn.BatchNorm1d, SparseModule):
         return x.replace_feature(row_batch_norm(
             features, self.running_mean if not self.training or self.track_running_stats else None,
             self.running_var if not self.training or self.track_running_stats else None, self.weight, self.bias,
-            use_batch_statistics, momentum, self.eps, relu))
+            use_batch_statistics, momentum, self.eps, relu, residual))
 
 
 class SparseGroupNorm(SparseModule):

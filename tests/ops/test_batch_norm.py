@@ -170,3 +170,54 @@ def test_fused_relu_gradcheck_opcheck_and_threads():
     assert all(torch.equal(a, b) for a, b in zip(*results))
     with pytest.raises(ValueError, match='relu_out must be'):
         BATCH_NORM_BACKWARD(grad_out, rows, mean, var, weight, 1e-3, out[:10])
+
+
+@pytest.mark.parametrize('count, channels', [(2, 1), (300, 16), (1000, 96), (257, 7)])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize('relu', [True, False])
+def test_fused_residual_is_the_add_of_the_norm(count, channels, dtype, relu):
+    """A residual block's tail in one pass: relu(norm + residual) equals, bitwise, the plain output plus the residual
+    (a torch add) then torch.relu; its gradients equal autograd's through the three steps; it matches the reference."""
+    rows, weight, bias = make_rows(count, channels, dtype, seed=count)
+    residual = torch.randn(count, channels, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(dtype)
+    out, mean, var = BATCH_NORM(rows, weight, bias, 1e-3, relu, residual)
+    plain, plain_mean, plain_var = BATCH_NORM(rows, weight, bias, 1e-3)
+    expected = plain + residual
+    assert torch.equal(out, torch.relu(expected) if relu else expected)
+    assert torch.equal(mean, plain_mean) and torch.equal(var, plain_var)
+    tolerance = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-2, atol=5e-2)
+    torch.testing.assert_close(out.double(), reference.row_batch_norm(rows.double(), weight.double(), bias.double(),
+                                                                      1e-3, relu, residual.double())[0], **tolerance)
+    grad_out = torch.randn_like(rows)
+    leaves = [tensor.clone().requires_grad_() for tensor in (rows, weight, bias, residual)]
+    fused = ops.batch_norm_rows(*leaves[:3], 1e-3, relu, leaves[3])[0]
+    fused_grads = torch.autograd.grad(fused, leaves, grad_out)
+    leaves = [tensor.clone().requires_grad_() for tensor in (rows, weight, bias, residual)]
+    stepwise = ops.batch_norm_rows(*leaves[:3], 1e-3)[0] + leaves[3]
+    stepwise = torch.relu(stepwise) if relu else stepwise
+    assert all(torch.equal(a, b) for a, b in zip(fused_grads, torch.autograd.grad(stepwise, leaves, grad_out)))
+
+
+def test_fused_residual_gradcheck_opcheck_threads_and_bad_residuals():
+    rows, weight, bias = make_rows(9, 3)
+    residual = torch.randn(9, 3, dtype=torch.float64, requires_grad=True)
+    inputs = (rows.requires_grad_(), weight.requires_grad_(), bias.requires_grad_(), residual)
+    for relu in (True, False):
+        assert torch.autograd.gradcheck(lambda x, w, b, r: ops.batch_norm_rows(x, w, b, 1e-3, relu, r)[0], inputs)
+        torch.library.opcheck(BATCH_NORM, (*inputs[:3], 1e-3, relu, residual))
+    rows, weight, bias = make_rows(5000, 48, torch.float32)
+    residual = torch.randn_like(rows)
+    previous = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            results.append(BATCH_NORM(rows, weight, bias, 1e-3, True, residual))
+    finally:
+        torch.set_num_threads(previous)
+    assert all(torch.equal(a, b) for a, b in zip(*results))
+    for bad in (residual[:10], residual.double(), residual[:, :3]):
+        with pytest.raises(ValueError, match='residual must be'):
+            ops.batch_norm_rows(rows, weight, bias, 1e-3, True, bad)
+        with pytest.raises(ValueError, match='residual must be'):
+            BATCH_NORM(rows, weight, bias, 1e-3, True, bad)

@@ -245,31 +245,42 @@ def run_with_gradients(module, x):
     return [out.features.detach(), features.grad] + [p.grad.clone() for p in module.parameters()]
 
 
-@pytest.mark.parametrize('block', ['sequential', 'basic_block'])
+@pytest.mark.parametrize('block', ['sequential', 'basic_block', 'basic_block_identity'])
 def test_norm_then_relu_is_fused_unless_hooked(block, monkeypatch):
-    """A SparseBatchNorm followed by nn.ReLU runs as one fused op and gives, bitwise, what the two modules give one
-    after the other, which is what runs when either has a hook (the hook then sees the norm's own output)."""
+    """A SparseBatchNorm followed by nn.ReLU (in a basic block: bn2, the residual add and the ReLU) runs as one fused
+    op and gives, bitwise, what the modules give one after the other, which is what runs when a norm has a hook (the
+    hook then sees the norm's own output)."""
     from sparsevision.models.layers import SparseBasicBlock
-    x = random_tensor(2000, [16, 16, 16], 2, 8, dtype=torch.float32)
+    channels = 16 if block == 'basic_block_identity' else 8
+    x = random_tensor(2000, [16, 16, 16], 2, channels, dtype=torch.float32)
     torch.manual_seed(0)
     if block == 'sequential':
         module = sv.SparseSequential(sv.SubMConv3d(8, 16, 3), sv.SparseBatchNorm(16), torch.nn.ReLU())
-        norm, relu = module[1], module[2]
+        norms, relu = [module[1]], module[2]
     else:
-        module = SparseBasicBlock(8, 16)
-        norm, relu = module.bn1, module.relu
+        module = SparseBasicBlock(channels, 16)   # 8 -> 16: a projected shortcut; 16 -> 16: the identity
+        norms, relu = [module.bn1, module.bn2], module.relu
     fused_calls = []
     forward_relu = sv.SparseBatchNorm.forward_relu
     monkeypatch.setattr(sv.SparseBatchNorm, 'forward_relu',
-                        lambda self, x: fused_calls.append(self) or forward_relu(self, x))
+                        lambda self, x, residual=None: fused_calls.append(self) or forward_relu(self, x, residual))
     fused = run_with_gradients(module, x)
-    assert fused_calls == [norm]
+    assert fused_calls == norms
     seen = []
-    hook = norm.register_forward_hook(lambda _, __, out: seen.append(out.features.min().item()))
+    hooks = [norm.register_forward_hook(lambda _, __, out: seen.append(out.features.min().item())) for norm in norms]
     try:
         unfused = run_with_gradients(module, x)
     finally:
-        hook.remove()
-    assert fused_calls == [norm] and seen and seen[0] < 0
+        for hook in hooks:
+            hook.remove()
+    assert fused_calls == norms and len(seen) == len(norms) and all(value < 0 for value in seen)
     assert all(torch.equal(a, b) for a, b in zip(fused, unfused))
-    assert sv.modules.can_fuse_relu(norm, relu) and not sv.modules.can_fuse_relu(norm, torch.nn.GELU())
+    module.eval()   # running statistics: the fused tail is torch ops, again the same bits as the hooked modules
+    with torch.no_grad():
+        fused = module(x).features
+        hooks = [norm.register_forward_hook(lambda *_: None) for norm in norms]
+        unfused = module(x).features
+        for hook in hooks:
+            hook.remove()
+    assert torch.equal(fused, unfused) and len(fused_calls) == 2 * len(norms)
+    assert sv.modules.can_fuse_relu(norms[0], relu) and not sv.modules.can_fuse_relu(norms[0], torch.nn.GELU())

@@ -104,7 +104,6 @@ class SparseBasicBlock(SparseModule):
                                          build_sparse_norm(norm_cfg, out_channels))
 
     def forward(self, x: SparseTensor) -> SparseTensor:
-        out = self.bn2(self.conv2(norm_relu(self.bn1, self.relu, self.conv1(x))))
+        out = self.conv2(norm_relu(self.bn1, self.relu, self.conv1(x)))
         shortcut = x.features if self.proj is None else self.proj(x).features
-        # In place: bn2's output is new and nothing saved it for backward (one large buffer fewer per block).
-        return out.replace_feature(self.relu(out.features.add_(shortcut)))
+        return norm_relu(self.bn2, self.relu, out, residual=shortcut)   # bn2, the residual add and the ReLU: one pass
