@@ -81,18 +81,27 @@ def test_opcheck():
     torch.library.opcheck(BATCH_NORM_BACKWARD, (torch.randn_like(out), rows.detach(), mean, var, weight.detach(), 1e-3))
 
 
+def at_thread_counts(call, counts=(1, 2)) -> list:
+    """``call()``'s result at each thread count in turn."""
+    previous = torch.get_num_threads()
+    try:
+        results = []
+        for threads in counts:
+            torch.set_num_threads(threads)
+            results.append(call())
+        return results
+    finally:
+        torch.set_num_threads(previous)
+
+
 def test_bitwise_identical_across_threads_and_runs():
     rows, weight, bias = make_rows(5000, 48, torch.float32)
     grad_out = torch.randn_like(rows)
-    previous = torch.get_num_threads()
-    results = []
-    try:
-        for threads in (1, 2, 2):
-            torch.set_num_threads(threads)
-            out, mean, var = BATCH_NORM(rows, weight, bias, 1e-3)
-            results.append((out, mean, var, *BATCH_NORM_BACKWARD(grad_out, rows, mean, var, weight, 1e-3)))
-    finally:
-        torch.set_num_threads(previous)
+
+    def forward_and_backward():
+        out, mean, var = BATCH_NORM(rows, weight, bias, 1e-3)
+        return out, mean, var, *BATCH_NORM_BACKWARD(grad_out, rows, mean, var, weight, 1e-3)
+    results = at_thread_counts(forward_and_backward, (1, 2, 2))
     assert all(torch.equal(a, b) for result in results[1:] for a, b in zip(result, results[0]))
 
 
@@ -158,16 +167,13 @@ def test_fused_relu_gradcheck_opcheck_and_threads():
                                                 out))
     rows, weight, bias = make_rows(5000, 48, torch.float32)
     grad_out = torch.randn_like(rows)
-    previous = torch.get_num_threads()
-    results = []
-    try:
-        for threads in (1, 2):
-            torch.set_num_threads(threads)
-            out, mean, var = BATCH_NORM(rows, weight, bias, 1e-3, True)
-            results.append((out, *BATCH_NORM_BACKWARD(grad_out, rows, mean, var, weight, 1e-3, out)))
-    finally:
-        torch.set_num_threads(previous)
+
+    def forward_and_backward():
+        out, mean, var = BATCH_NORM(rows, weight, bias, 1e-3, True)
+        return out, *BATCH_NORM_BACKWARD(grad_out, rows, mean, var, weight, 1e-3, out)
+    results = at_thread_counts(forward_and_backward)
     assert all(torch.equal(a, b) for a, b in zip(*results))
+    out, mean, var = BATCH_NORM(rows, weight, bias, 1e-3, True)
     with pytest.raises(ValueError, match='relu_out must be'):
         BATCH_NORM_BACKWARD(grad_out, rows, mean, var, weight, 1e-3, out[:10])
 
@@ -207,14 +213,7 @@ def test_fused_residual_gradcheck_opcheck_threads_and_bad_residuals():
         torch.library.opcheck(BATCH_NORM, (*inputs[:3], 1e-3, relu, residual))
     rows, weight, bias = make_rows(5000, 48, torch.float32)
     residual = torch.randn_like(rows)
-    previous = torch.get_num_threads()
-    results = []
-    try:
-        for threads in (1, 2):
-            torch.set_num_threads(threads)
-            results.append(BATCH_NORM(rows, weight, bias, 1e-3, True, residual))
-    finally:
-        torch.set_num_threads(previous)
+    results = at_thread_counts(lambda: BATCH_NORM(rows, weight, bias, 1e-3, True, residual))
     assert all(torch.equal(a, b) for a, b in zip(*results))
     for bad in (residual[:10], residual.double(), residual[:, :3]):
         with pytest.raises(ValueError, match='residual must be'):
