@@ -12,6 +12,7 @@
 
 #include <exception>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "cpu/recycled_buffers.h"
@@ -44,11 +45,18 @@ PyObject* idle_recycled_bytes(PyObject*, PyObject*) {
   return PyLong_FromLongLong(sparsevision::idle_recycled_bytes());
 }
 
-// Registers every kernel once; later calls do nothing. The libraries live until the process exits, as static
-// registrations would.
+// Registers every kernel, once: a later call repeats the first call's outcome. The libraries live until the process
+// exits, as static registrations would.
 PyObject* register_kernels(PyObject*, PyObject*) {
   static std::vector<std::unique_ptr<torch::Library>> libraries;
-  if (!libraries.empty()) Py_RETURN_NONE;
+  static bool attempted = false;
+  static std::string failure;
+  if (attempted) {
+    if (failure.empty()) Py_RETURN_NONE;
+    PyErr_SetString(PyExc_RuntimeError, failure.c_str());
+    return nullptr;
+  }
+  attempted = true;
   try {
     auto library = [](c10::DispatchKey key) {
       libraries.push_back(std::make_unique<torch::Library>(torch::Library::IMPL, "sparsevision", key, __FILE__,
@@ -71,7 +79,8 @@ PyObject* register_kernels(PyObject*, PyObject*) {
     }
 #endif
   } catch (const std::exception& error) {
-    PyErr_SetString(PyExc_RuntimeError, error.what());
+    failure = error.what();
+    PyErr_SetString(PyExc_RuntimeError, failure.c_str());
     return nullptr;
   }
   Py_RETURN_NONE;
