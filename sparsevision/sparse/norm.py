@@ -37,7 +37,7 @@ def row_batch_norm(rows: torch.Tensor, running_mean: Optional[torch.Tensor], run
         scale = scale * weight
     out = centred * scale if bias is None else torch.addcmul(bias, centred, scale)
     if residual is not None:
-        out = out.add_(residual)
+        out.add_(residual)
     return torch.relu_(out) if relu else out
 
 
