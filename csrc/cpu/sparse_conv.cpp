@@ -135,9 +135,20 @@ SV_VECTOR_CLONES void convolve_range(const scalar_t* features, const acc_t* weig
   }
 }
 
+// Writes the taps k with row[k] >= 0 to present[0, count) in order and returns count, without branches: which taps
+// a row has is unpredictable.
+inline int64_t list_present_taps(const int32_t* row, int64_t taps, int64_t* present) {
+  int64_t count = 0;
+  for (int64_t k = 0; k < taps; ++k) {
+    present[count] = k;
+    count += row[k] >= 0;
+  }
+  return count;
+}
+
 // groups == 1 and at most kNarrowOutputs outputs (a stem's input gradient: 32 -> 4 channels over 125 taps). Padded
 // to 16 outputs, most of the work would be zeros and each row one latency-bound chain; here each output is a dot
-// product along the input channels instead. A row's present taps are listed first (without branches); each tap then
+// product along the input channels instead. A row's present taps are listed first (list_present_taps); each tap then
 // adds, for every output, input-channel vectors times weight vectors into two accumulators (even and odd vectors),
 // which are added at the row's end and their lanes summed in order. The weight comes packed as
 // [taps][Outputs][input channels rounded up to whole vectors], zero-padded (pack_weight_by_output); input rows are
@@ -154,11 +165,7 @@ SV_VECTOR_CLONES void convolve_narrow_outputs(const scalar_t* features, const ac
   std::vector<int64_t> present(taps);
   for (int64_t m = first; m < last; ++m) {
     const int32_t* row = neighbors + m * taps;
-    int64_t count = 0;
-    for (int64_t k = 0; k < taps; ++k) {
-      present[count] = k;
-      count += row[k] >= 0;
-    }
+    const int64_t count = list_present_taps(row, taps, present.data());
     Vector<acc_t> even[Outputs] = {}, odd[Outputs] = {};
     for (int64_t p = 0; p < count; ++p) {
       const int64_t k = present[p];
@@ -517,13 +524,14 @@ void pack_weight(const at::Tensor& weight, int64_t chunk, acc_t* target) {
 template <typename scalar_t, typename acc_t>
 void pack_weight_by_output(const at::Tensor& weight, int64_t outputs, int64_t padded, acc_t* target) {
   const int64_t taps = weight.size(0), in_channels = weight.size(1), out_channels = weight.size(2);
+  const int64_t tap_stride = weight.stride(0), in_stride = weight.stride(1), out_stride = weight.stride(2);
   const scalar_t* source = weight.data_ptr<scalar_t>();
   std::fill(target, target + taps * outputs * padded, acc_t(0));
   for (int64_t k = 0; k < taps; ++k) {
     for (int64_t o = 0; o < out_channels; ++o) {
       for (int64_t i = 0; i < in_channels; ++i) {
         target[(k * outputs + o) * padded + i] =
-            static_cast<acc_t>(source[k * weight.stride(0) + i * weight.stride(1) + o * weight.stride(2)]);
+            static_cast<acc_t>(source[k * tap_stride + i * in_stride + o * out_stride]);
       }
     }
   }
@@ -638,9 +646,9 @@ at::Tensor sparse_conv_cpu(const at::Tensor& features_in, const at::Tensor& weig
 }
 
 // Per tap, the (output row, input row) pairs of the kernel map in output-row order: tap k's pairs are
-// [begin(k), end(k)) of `outputs` and `inputs` (CSR by tap). Each row's present taps are listed first, without
-// branches (which taps are present is unpredictable). For a stem (125 taps, 4 input channels) building the lists
-// still takes about twice as long as the weight-gradient kernel.
+// [begin(k), end(k)) of `outputs` and `inputs` (CSR by tap). Each row's present taps are listed first
+// (list_present_taps). For a stem (125 taps, 4 input channels) building the lists still takes about twice as long as
+// the weight-gradient kernel.
 struct PairsByTap {
   std::vector<int64_t> offsets;  // taps + 1
   std::unique_ptr<int32_t[]> outputs, inputs;   // not zero-filled: every slot is written
@@ -655,11 +663,7 @@ struct PairsByTap {
     std::vector<int64_t> cursor(offsets.begin(), offsets.end() - 1), present(taps);
     for (int64_t m = 0; m < rows; ++m) {
       const int32_t* row = neighbors + m * taps;
-      int64_t count = 0;
-      for (int64_t k = 0; k < taps; ++k) {
-        present[count] = k;
-        count += row[k] >= 0;
-      }
+      const int64_t count = list_present_taps(row, taps, present.data());
       for (int64_t p = 0; p < count; ++p) {
         const int64_t k = present[p];
         outputs[cursor[k]] = static_cast<int32_t>(m);

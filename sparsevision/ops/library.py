@@ -49,10 +49,10 @@ def _load_extension() -> ExtensionInfo:
 
 def register_kernels(module) -> ExtensionInfo:
     """Registers the extension module's kernels if it was built for these schemas (else reports a stale build)."""
-    built_for = getattr(module, 'SCHEMA_FINGERPRINT', 'none')
-    if built_for != schemas.fingerprint():
+    built_for, expected = getattr(module, 'SCHEMA_FINGERPRINT', 'none'), schemas.fingerprint()
+    if built_for != expected:
         return ExtensionInfo(False, False, False, f'sparsevision._C was built for other op schemas (fingerprint '
-                                                  f'{built_for}, these are {schemas.fingerprint()}): a stale build')
+                                                  f'{built_for}, these are {expected}): a stale build')
     try:
         module.register_kernels()
     except RuntimeError as error:
