@@ -14,7 +14,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-from sparsevision.engine import add_common_arguments, build_runner, config_from_arguments  # noqa: E402
+from sparsevision.engine import (add_common_arguments, build_runner, check_config, check_resumable,  # noqa: E402
+                                 config_from_arguments, run_command)
+
+TRAINING_ENTRIES = ('model', 'train_dataloader', 'train_cfg', 'optim_wrapper')
 
 
 def parse_args(argv=None):
@@ -30,6 +33,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     cfg = config_from_arguments(args)
+    check_config(cfg, TRAINING_ENTRIES)
     if args.amp:
         if not torch.cuda.is_available():
             raise SystemExit("error: --amp needs a CUDA device (mmengine's AmpOptimWrapper); train on CPU without it")
@@ -40,9 +44,10 @@ def main(argv=None):
     if args.resume == 'auto':
         cfg.resume, cfg.load_from = True, None
     elif args.resume is not None:
+        check_resumable(args.resume)
         cfg.resume, cfg.load_from = True, args.resume
     build_runner(cfg).train()
 
 
 if __name__ == '__main__':
-    main()
+    run_command(main)

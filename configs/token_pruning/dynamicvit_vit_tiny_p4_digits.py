@@ -14,7 +14,7 @@ model = dict(
     teacher_checkpoint='zoo:vit_tiny_p4_digits',   # the shipped dense weights, from any directory
     distill_weight=0.5,
 )
-load_from = 'sparsevision/model_zoo/weights/vit_tiny_p4_digits.pth'
+load_from = 'zoo:vit_tiny_p4_digits'
 max_epochs = 10
 train_cfg = dict(max_epochs=max_epochs)
 optim_wrapper = dict(

@@ -5,7 +5,7 @@ model = dict(
     type='TokenPruningClassifier',
     backbone=dict(type='TokenPruningViT', method=dict(type='EViTRouter', keep_rate=0.7, locations=(1, 3, 4))),
 )
-load_from = 'sparsevision/model_zoo/weights/vit_tiny_p4_digits.pth'
+load_from = 'zoo:vit_tiny_p4_digits'
 max_epochs = 10
 train_cfg = dict(max_epochs=max_epochs)
 optim_wrapper = dict(optimizer=dict(lr=5e-4))

@@ -1,4 +1,4 @@
-"""Training hooks: exact resume and replica checks."""
+"""Training hooks: exact resume, replica checks and checkpoint fit."""
 import hashlib
 
 import numpy as np
@@ -10,6 +10,7 @@ from mmengine.model import is_model_wrapper
 from mmengine.runner import set_random_seed
 
 from ..registry import HOOKS
+from ..utils.checkpoint import check_state_dict_fits
 
 
 @HOOKS.register_module()
@@ -98,3 +99,27 @@ class KeepRateScheduleHook(Hook):
 
     def after_train(self, runner) -> None:
         self._router(runner).keep_rate = self.target
+
+
+@HOOKS.register_module()
+class CheckpointFitsModelHook(Hook):
+    """Refuse a loaded checkpoint whose weights are not exactly the model's (``tools/test.py`` adds it).
+
+    mmengine loads non-strictly: another model's checkpoint leaves a randomly initialised model that is then
+    evaluated. This raises instead, naming the missing, unexpected and mismatched keys.
+
+    Args:
+        checkpoint_name: how the checkpoint is named in the error.
+    """
+
+    def __init__(self, checkpoint_name: str = 'loaded'):
+        self.checkpoint_name = checkpoint_name
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        state_dict = checkpoint.get('state_dict', checkpoint)
+        state_dict = {key.removeprefix('module.'): value for key, value in state_dict.items()}
+        try:
+            check_state_dict_fits(model, state_dict, self.checkpoint_name)
+        except ValueError as error:
+            raise ValueError(f'{error} (--cfg-options strict_checkpoint=False loads what fits)') from None

@@ -59,10 +59,14 @@ def load_config(name_or_config: Union[str, Path, Config]) -> Config:
     if isinstance(name_or_config, Config):
         return name_or_config
     path = Path(name_or_config)
+    if path.is_dir():
+        raise ValueError(f'config {path} is a directory; give a config .py file or a zoo model name')
     if path.suffix == '.py':
         if not path.is_file():
             raise FileNotFoundError(f'config file {path} does not exist')
         return Config.fromfile(path)
+    if path.is_file():
+        raise ValueError(f'config {path} is not a .py config file; give a config .py file or a zoo model name')
     return Config.fromfile(config_path(str(name_or_config)))
 
 

@@ -1,5 +1,5 @@
-"""Small shared utilities: checkpoint I/O and compatibility shims."""
-from .checkpoint import load_checkpoint, load_state_dict
-from .compat import register_checkpoint_safe_globals
+"""Small shared utilities: checkpoint I/O."""
+from .checkpoint import check_state_dict_fits, load_checkpoint, load_state_dict
+from .plain_checkpoint import load_plain_checkpoint
 
-__all__ = ['load_checkpoint', 'load_state_dict', 'register_checkpoint_safe_globals']
+__all__ = ['check_state_dict_fits', 'load_checkpoint', 'load_plain_checkpoint', 'load_state_dict']

@@ -1,10 +1,10 @@
-"""Safe checkpoint loading (``weights_only=True``; never a silent unsafe fallback)."""
+"""Model weights from checkpoint files read as plain data (never a silent unsafe fallback)."""
 from pathlib import Path
 from typing import Dict, Union
 
 import torch
 
-from .compat import register_checkpoint_safe_globals
+from .plain_checkpoint import load_plain_checkpoint
 
 SHIPPED_WEIGHTS = Path(__file__).resolve().parent.parent / 'model_zoo' / 'weights'
 ZOO_PREFIX = 'zoo:'
@@ -13,7 +13,11 @@ ZOO_PREFIX = 'zoo:'
 def resolve_checkpoint_path(path: Union[str, Path]) -> Path:
     """``'zoo:NAME'`` -> the shipped weights of zoo model ``NAME`` (works from any directory); else ``path``."""
     if isinstance(path, str) and path.startswith(ZOO_PREFIX):
-        return SHIPPED_WEIGHTS / f'{path[len(ZOO_PREFIX):]}.pth'
+        weights = SHIPPED_WEIGHTS / f'{path[len(ZOO_PREFIX):]}.pth'
+        if not weights.is_file():
+            raise FileNotFoundError(f'no shipped weights {path!r}; the zoo ships: '
+                                    f'{", ".join(ZOO_PREFIX + p.stem for p in sorted(SHIPPED_WEIGHTS.glob("*.pth")))}')
+        return weights
     return Path(path)
 
 
@@ -25,19 +29,30 @@ def load_state_dict(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
         ValueError: when it is not a loadable, trusted-format checkpoint.
     """
     path = resolve_checkpoint_path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f'checkpoint {path} does not exist')
-    register_checkpoint_safe_globals()
-    try:
-        checkpoint = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as error:  # torch raises UnpicklingError, RuntimeError, EOFError, ... here
-        raise ValueError(f'cannot load checkpoint {path} with weights_only=True ({type(error).__name__}: '
-                         f'{str(error).splitlines()[0]}). If you trust the file, load it with '
-                         'torch.load(weights_only=False) and save its state_dict.') from error
+    checkpoint = load_plain_checkpoint(path)
     state_dict = checkpoint.get('state_dict', checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
         raise ValueError(f'checkpoint {path} holds no state_dict of tensors')
     return {key.removeprefix('module.'): value for key, value in state_dict.items()}
+
+
+def check_state_dict_fits(model: torch.nn.Module, state_dict: Dict[str, torch.Tensor], source: str) -> None:
+    """Raise unless ``state_dict`` has exactly ``model``'s keys and shapes.
+
+    Raises:
+        ValueError: naming the first missing, unexpected and mismatched keys.
+    """
+    expected = model.state_dict()
+    missing = sorted(expected.keys() - state_dict.keys())
+    unexpected = sorted(state_dict.keys() - expected.keys())
+    mismatched = sorted(key for key in expected.keys() & state_dict.keys()
+                        if expected[key].shape != getattr(state_dict[key], 'shape', None))
+    if missing or unexpected or mismatched:
+        details = '; '.join(f'{label}: {keys[:5]}{" ..." if len(keys) > 5 else ""}'
+                            for label, keys in (('missing', missing), ('unexpected', unexpected),
+                                                ('shape mismatch', mismatched)) if keys)
+        raise ValueError(f'checkpoint {source} does not fit {type(model).__name__} (is it for another model?): '
+                         f'{details}')
 
 
 def load_checkpoint(model: torch.nn.Module, path: Union[str, Path]) -> torch.nn.Module:
@@ -47,16 +62,6 @@ def load_checkpoint(model: torch.nn.Module, path: Union[str, Path]) -> torch.nn.
         ValueError: when keys or shapes do not match the model, naming the first differences.
     """
     state_dict = load_state_dict(path)
-    expected = model.state_dict()
-    missing = sorted(expected.keys() - state_dict.keys())
-    unexpected = sorted(state_dict.keys() - expected.keys())
-    mismatched = sorted(key for key in expected.keys() & state_dict.keys()
-                        if expected[key].shape != state_dict[key].shape)
-    if missing or unexpected or mismatched:
-        details = '; '.join(f'{label}: {keys[:5]}{" ..." if len(keys) > 5 else ""}'
-                            for label, keys in (('missing', missing), ('unexpected', unexpected),
-                                                ('shape mismatch', mismatched)) if keys)
-        raise ValueError(f'checkpoint {path} does not fit {type(model).__name__} (is it for another model?): '
-                         f'{details}')
+    check_state_dict_fits(model, state_dict, str(path))
     model.load_state_dict(state_dict)
     return model
