@@ -8,10 +8,12 @@ Every format is first read into a table of columns, then ``xyz_columns`` and
   default); nuScenes 5 (x, y, z, intensity, ring); the ScanNet / SUN RGB-D
   copies of mmdetection3d 6 (x, y, z, r, g, b).
 * ``.npy``: a 2-D ``[P, >=3]`` numeric array.
-* ``.ply``, ``.pcd``, ``.xyz`` (read with open3d): x, y, z, then whichever of
-  these the file holds, in this order: colours r, g, b (scaled to [0, 1] when
-  stored as integers), normals nx, ny, nz, intensity. Other attributes are
-  ignored.
+* ``.ply``, ``.pcd`` (parsed by :mod:`~sparsevision.datasets.ply_pcd`): x, y,
+  z, then whichever of these the file holds, in this order: colours r, g, b
+  (scaled to [0, 1] when stored as integers), normals nx, ny, nz, intensity.
+  Other attributes are ignored. A file holding fewer points than its header
+  promises is an error.
+* ``.xyz``: text lines of x y z (further numbers on a line are ignored).
 
 Points whose x, y or z is NaN or infinite are dropped with a warning saying how
 many (sensors write them for rays with no return); a file where no point
@@ -22,6 +24,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
+
+from .ply_pcd import read_pcd, read_ply
 
 SUPPORTED_EXTENSIONS = ('.bin', '.npy', '.pcd', '.ply', '.xyz')
 FLOAT32_BYTES = 4
@@ -53,23 +57,14 @@ def _read_npy(path: Path) -> np.ndarray:
     return table
 
 
-def _read_open3d(path: Path) -> np.ndarray:
-    import open3d
-
-    try:
-        cloud = open3d.t.io.read_point_cloud(str(path))
-    except RuntimeError as error:
-        raise ValueError(f'{path} is not a {path.suffix} file open3d can read ({error})') from error
-    if 'positions' not in cloud.point or len(cloud.point.positions) == 0:
-        raise ValueError(f'{path} holds no points: it is empty, corrupt, or not a {path.suffix} file open3d can '
-                         'read (open3d prints the reason above)')
-    columns = [cloud.point.positions.numpy().astype(np.float64)]
-    for name in ('colors', 'normals', 'intensity'):
-        if name in cloud.point:
-            values = cloud.point[name].numpy()
-            scale = np.iinfo(values.dtype).max if values.dtype.kind in 'iu' else 1
-            columns.append(values.reshape(len(values), -1).astype(np.float64) / scale)
-    return np.concatenate(columns, axis=1)
+def _read_xyz(path: Path) -> np.ndarray:
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', UserWarning)   # numpy's warning on an empty file: read_points reports it
+        try:
+            return np.loadtxt(path, dtype=np.float64, usecols=(0, 1, 2), ndmin=2)
+        except ValueError as error:
+            raise ValueError(f'{path} is not a readable .xyz file ({error}): every line must start with the numbers '
+                             'x y z, so the file is truncated or corrupt') from error
 
 
 def _select_columns(table: np.ndarray, xyz_columns: Sequence[int], feature_columns: Optional[Sequence[int]],
@@ -120,8 +115,12 @@ def read_points(path, num_columns: int = 4, xyz_columns: Sequence[int] = (0, 1, 
         table = _read_bin(path, num_columns)
     elif extension == '.npy':
         table = _read_npy(path)
+    elif extension == '.ply':
+        table = read_ply(path)
+    elif extension == '.pcd':
+        table = read_pcd(path)
     else:
-        table = _read_open3d(path)
+        table = _read_xyz(path)
     if len(table) == 0:
         raise ValueError(f'{path} holds no points')
     points = _select_columns(table, xyz_columns, feature_columns, path).astype(np.float32)
