@@ -4,12 +4,13 @@ The native extension ``sparsevision._C`` is built from ``csrc/``:
 
 * C++ kernels always (``csrc/*.cpp``, ``csrc/cpu/*.cpp``);
 * CUDA kernels (``csrc/cuda/*.cu``) too when a CUDA toolkit is found
-  (``CUDA_HOME``, else ``/usr/local/cuda``) or ``FORCE_CUDA=1``;
+  (``CUDA_HOME``, else ``/usr/local/cuda``) or ``FORCE_CUDA=1``, unless ``SV_WITH_CUDA=0``;
 * nothing at all with ``SV_WITH_OPS=0`` (every op then runs its pure-PyTorch
   reference from ``sparsevision/ops/reference.py``).
 
-torch must already be installed, so install with
-``pip install --no-build-isolation -e .`` (``make`` does this for you).
+``pip install .`` builds in an isolated environment with the torch that ``pyproject.toml`` names; to build against
+the torch already installed (the extension must match the torch it runs with), use
+``pip install --no-build-isolation .`` (``make`` does this for you).
 """
 import glob
 import os
@@ -53,7 +54,8 @@ def native_extensions():
     cpp_sources = sorted(glob.glob('csrc/*.cpp') + glob.glob('csrc/cpu/*.cpp'))
     cuda_sources = sorted(glob.glob('csrc/cuda/*.cu'))
     cuda_home = find_cuda_home()
-    with_cuda = bool(cuda_sources) and (cuda_home is not None or os.environ.get('FORCE_CUDA') == '1')
+    wanted = os.environ.get('SV_WITH_CUDA', '1') != '0'
+    with_cuda = wanted and bool(cuda_sources) and (cuda_home is not None or os.environ.get('FORCE_CUDA') == '1')
     cxx_flags = ['-O3', '-fopenmp']
     fingerprint = [('SV_SCHEMA_FINGERPRINT', schema_fingerprint())]
     if with_cuda:
@@ -69,7 +71,8 @@ def native_extensions():
             extra_compile_args={'cxx': cxx_flags, 'nvcc': ['-O3']},
             py_limited_api=True)
     else:
-        print('Building sparsevision._C with CPU kernels only (no CUDA toolkit found; set CUDA_HOME or FORCE_CUDA=1).')
+        reason = 'SV_WITH_CUDA=0' if not wanted else 'no CUDA toolkit found; set CUDA_HOME or FORCE_CUDA=1'
+        print(f'Building sparsevision._C with CPU kernels only ({reason}).')
         extension = cpp_extension.CppExtension(
             'sparsevision._C', cpp_sources, define_macros=fingerprint,
             extra_compile_args={'cxx': cxx_flags}, extra_link_args=['-fopenmp'], py_limited_api=True)
@@ -100,12 +103,10 @@ setup(
     include_package_data=True,
     package_data={'sparsevision': ['.mim/configs/**/*.py', 'model_zoo/weights/*.pth']},
     install_requires=[
-        'torch==2.14.1',
-        'torchvision==0.29.1',
+        'torch>=2.6,<2.15',
+        'torchvision>=0.21',
         'timm>=1.0.15',
-        'spconv==2.3.8',
         'mmengine>=0.10.6,<0.11',
-        'open3d>=0.19',
         'opencv-python>=4.8',
         'numpy>=1.26',
         'scikit-learn>=1.3',
@@ -114,8 +115,15 @@ setup(
         'tqdm>=4.66',
     ],
     extras_require={
+        'spconv': ['spconv>=2.3'],
+        'open3d': ['open3d>=0.19'],
         'tests': ['pytest>=8', 'pytest-timeout>=2.3', 'hypothesis>=6.100', 'ninja'],
     },
+    entry_points={'console_scripts': [
+        'sparsevision-train = sparsevision.cli.train:run',
+        'sparsevision-test = sparsevision.cli.test:run',
+        'sparsevision-publish = sparsevision.cli.publish_model:run',
+    ]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
     zip_safe=False,

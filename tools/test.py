@@ -1,44 +1,10 @@
 """Evaluate a trained checkpoint on a config's test set (OpenMMLab contract).
 
-    python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--cfg-options k=v ...] [--launcher ...]
-
-CHECKPOINT is a file or ``zoo:NAME`` (shipped weights). A checkpoint whose weights are not exactly the model's is
-refused; ``--cfg-options strict_checkpoint=False`` loads it partially (mmengine's non-strict load) instead.
+Installed, the same is ``sparsevision-test``; the code is ``sparsevision/cli/test.py``.
 """
-import argparse
-import sys
-from pathlib import Path
+from sparsevision.cli.test import main, run
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
-
-from sparsevision.engine import (add_common_arguments, build_runner, check_config, config_from_arguments,  # noqa: E402
-                                 run_command)
-from sparsevision.utils.checkpoint import resolve_checkpoint_path  # noqa: E402
-
-TEST_ENTRIES = ('model', 'test_dataloader', 'test_cfg', 'test_evaluator')
-
-
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description='Test a sparsevision checkpoint.')
-    parser.add_argument('config', help='config file (or zoo model name)')
-    parser.add_argument('checkpoint', help='checkpoint file (mmengine checkpoint or plain state_dict) or zoo:NAME')
-    add_common_arguments(parser)
-    return parser.parse_args(argv)
-
-
-def main(argv=None):
-    args = parse_args(argv)
-    if not resolve_checkpoint_path(args.checkpoint).is_file():
-        raise FileNotFoundError(f'checkpoint {args.checkpoint} does not exist')
-    cfg = config_from_arguments(args)
-    check_config(cfg, TEST_ENTRIES)
-    cfg.load_from = args.checkpoint
-    if cfg.get('strict_checkpoint', True):
-        cfg.custom_hooks = [*cfg.get('custom_hooks', []), dict(type='CheckpointFitsModelHook', checkpoint_name=args.checkpoint)]
-    metrics = build_runner(cfg).test()
-    print(' '.join(f'{key}: {value:.2f}' for key, value in metrics.items()))
-    return metrics
-
+__all__ = ['main']
 
 if __name__ == '__main__':
-    run_command(main)
+    run()

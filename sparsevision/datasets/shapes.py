@@ -6,6 +6,7 @@ import numpy as np
 from mmengine.dataset import BaseDataset
 
 from ..registry import DATASETS
+from ..utils.optional import import_optional
 from .mesh_sampling import sample_surface
 
 PRIMITIVES = ('box', 'sphere', 'cylinder', 'cone', 'torus', 'tetrahedron', 'octahedron', 'arrow')
@@ -13,7 +14,7 @@ PRIMITIVES = ('box', 'sphere', 'cylinder', 'cone', 'torus', 'tetrahedron', 'octa
 
 def primitive_mesh(name: str):
     """An open3d triangle mesh of a primitive, roughly unit-sized and centred."""
-    import open3d
+    open3d = import_optional('open3d', 'open3d', 'primitive meshes (the shapes dataset)')
 
     create = open3d.geometry.TriangleMesh
     meshes = {
@@ -34,7 +35,7 @@ def primitive_mesh(name: str):
 
 def load_mesh(path: Path):
     """A user mesh file (anything open3d reads: .obj, .ply, .stl, .off, ...)."""
-    import open3d
+    open3d = import_optional('open3d', 'open3d', 'reading mesh files')
 
     if not path.is_file():
         raise FileNotFoundError(f'mesh file {path} does not exist')

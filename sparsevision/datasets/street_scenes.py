@@ -10,6 +10,8 @@ from typing import List, NamedTuple, Sequence, Tuple
 
 import numpy as np
 
+from ..utils.optional import import_optional
+
 STREET_CLASSES = ('ground', 'vehicle', 'pole', 'building')
 VEHICLE_CLASSES = ('vehicle',)
 # Reflectivity of each class's surface: a return's intensity is this times the cosine of the incidence angle.
@@ -20,7 +22,7 @@ VEHICLE_CLEARANCE_M = 0.25
 
 def box_mesh(center: Sequence[float], size: Sequence[float], yaw: float = 0.0):
     """An open3d box mesh of ``size`` (x, y, z) centred at ``center`` and turned by ``yaw`` about z."""
-    import open3d
+    open3d = import_optional('open3d', 'open3d', 'simulated street scenes')
 
     mesh = open3d.geometry.TriangleMesh.create_box(*size)
     mesh.translate(-np.asarray(size) / 2)
@@ -30,7 +32,7 @@ def box_mesh(center: Sequence[float], size: Sequence[float], yaw: float = 0.0):
 
 def pole_mesh(x: float, y: float, radius: float, height: float, base_z: float = 0.0):
     """An open3d upright cylinder standing on ``base_z`` at (x, y)."""
-    import open3d
+    open3d = import_optional('open3d', 'open3d', 'simulated street scenes')
 
     cylinder = open3d.geometry.TriangleMesh.create_cylinder(radius, height, resolution=16)
     return cylinder.translate((x, y, base_z + height / 2))
@@ -197,7 +199,7 @@ def simulate_street_sweep(rng: np.random.Generator, beams: int = 32, azimuths: i
     Returns:
         A :class:`LidarSweep` in the sensor frame.
     """
-    import open3d
+    open3d = import_optional('open3d', 'open3d', 'simulated street scenes')
 
     extent = max_range + 10.0
     labelled, vehicles = _street_layout(rng, extent)

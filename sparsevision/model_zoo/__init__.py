@@ -17,8 +17,14 @@ PACKAGE_DIR = Path(__file__).resolve().parent.parent
 
 
 def configs_dir() -> Path:
-    """``$SPARSEVISION_CONFIGS``, the repository's ``configs/`` (editable install) or the packaged copy."""
-    candidates = [os.environ.get('SPARSEVISION_CONFIGS'), PACKAGE_DIR.parent / 'configs',
+    """``$SPARSEVISION_CONFIGS``, else the checkout's ``configs/`` (editable install), else the packaged copy.
+
+    A ``configs/`` beside the package counts only in a sparsevision checkout (next to its ``setup.py``), so an
+    unrelated top-level ``configs/`` in site-packages cannot replace the zoo.
+    """
+    checkout = PACKAGE_DIR.parent
+    candidates = [os.environ.get('SPARSEVISION_CONFIGS'),
+                  checkout / 'configs' if (checkout / 'setup.py').is_file() else None,
                   PACKAGE_DIR / '.mim' / 'configs']
     for candidate in candidates:
         if candidate and Path(candidate).is_dir():

@@ -18,6 +18,7 @@ from typing import Dict, Sequence
 
 import torch
 
+from ..utils.optional import import_optional
 from .conv import SparseConvolution
 from .tensor import SparseTensor
 
@@ -29,7 +30,7 @@ def from_spconv(x) -> SparseTensor:
 
 def to_spconv(x: SparseTensor):
     """The ``spconv.pytorch.SparseConvTensor`` of ``x`` (needs spconv installed)."""
-    import spconv.pytorch as spconv
+    spconv = import_optional('spconv.pytorch', 'spconv', 'to_spconv')
 
     return spconv.SparseConvTensor(x.features, x.indices, x.spatial_shape, x.batch_size)
 

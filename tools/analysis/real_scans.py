@@ -15,8 +15,6 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout without installing
-
 REPO = Path(__file__).resolve().parents[2]
 SCANS = (('nuscenes_lidar_top.bin', 5, 'nuScenes 32-beam LiDAR sweep, city street'),
          ('scannet_scene0000_00.bin', 6, 'ScanNet room reconstruction (indoor)'),

@@ -10,14 +10,11 @@ every layer densely once.
 """
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
 from mmengine.registry import DefaultScope
 from mmengine.runner import Runner
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout without installing
 
 from sparsevision.model_zoo import create_model, load_config  # noqa: E402
 from sparsevision.models.spiking import FiringMonitor, OperationCounter, energy_report  # noqa: E402

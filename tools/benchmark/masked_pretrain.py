@@ -26,16 +26,10 @@ import os
 import platform
 import statistics
 import sys
-from pathlib import Path
-
-try:
-    import sparsevision
-except ImportError:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    import sparsevision
 
 import torch
 
+import sparsevision
 from sparsevision.models.backbones import ResNet, TimmBackbone
 from sparsevision.models.masked_pretraining import encode_masked, random_patch_mask
 

@@ -55,15 +55,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
-try:
-    import sparsevision
-except ImportError:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    import sparsevision
-
 import numpy as np
 import torch
 
+import sparsevision
 import sparsevision.sparse as sv
 from sparsevision import ops
 from sparsevision.datasets.mesh_sampling import sample_surface

@@ -41,12 +41,6 @@ import time
 from collections import OrderedDict
 from pathlib import Path
 
-try:
-    import sparsevision  # noqa: F401  (installed, or the checkout below)
-except ImportError:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    import sparsevision  # noqa: F401
-
 import torch
 import torch.nn as nn
 

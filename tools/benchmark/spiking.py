@@ -25,14 +25,9 @@ import statistics
 import sys
 from pathlib import Path
 
-try:
-    import sparsevision
-except ImportError:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    import sparsevision
-
 import torch
 
+import sparsevision
 from sparsevision import ops
 from sparsevision.sparse import SparseTensor, SubMConv3d
 from sparsevision.sparse.spike_conv import SpikeSparseConvolution

@@ -35,19 +35,13 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Dict, List
-
-try:
-    import sparsevision
-except ImportError:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    import sparsevision
 
 import timm
 import torch
 from torch import nn
 
+import sparsevision
 from sparsevision.models.layers import pack_linear_layers
 from sparsevision.models.token_pruning import from_timm
 from sparsevision.models.token_pruning.flops import vit_macs

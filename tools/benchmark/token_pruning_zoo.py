@@ -20,17 +20,11 @@ import os
 import platform
 import statistics
 import sys
-from pathlib import Path
-
-try:
-    import sparsevision
-except ImportError:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    import sparsevision
 
 import torch
 from mmengine.registry import DefaultScope
 
+import sparsevision
 from sparsevision.model_zoo import create_model, load_config
 from sparsevision.models.token_pruning.flops import vit_macs
 from sparsevision.registry import DATASETS

@@ -31,17 +31,11 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
-
-try:
-    import sparsevision
-except ImportError:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    import sparsevision
 
 import torch
 
+import sparsevision
 from sparsevision.ops import extension_info, gather_tokens, merge_tokens, reference, scatter_tokens, select_tokens
 
 import protocol  # noqa: E402  (tools/benchmark/protocol.py, beside this script)
