@@ -40,3 +40,16 @@ def test_shipped_weights_load(name):
 def test_checkpoint_of_another_model_is_refused():
     with pytest.raises(ValueError, match='does not fit ImageClassifier'):
         sparsevision.create_model('vit_tiny_p4_digits', checkpoint=pretrained_weights('resnet18_w16_digits'))
+
+
+def test_an_unrelated_top_level_configs_folder_does_not_replace_the_zoo(tmp_path, monkeypatch):
+    from sparsevision import model_zoo
+
+    monkeypatch.delenv('SPARSEVISION_CONFIGS', raising=False)
+    package = tmp_path / 'site-packages' / 'sparsevision'
+    (package / '.mim' / 'configs').mkdir(parents=True)
+    (tmp_path / 'site-packages' / 'configs').mkdir()  # another distribution's top-level configs/
+    monkeypatch.setattr(model_zoo, 'PACKAGE_DIR', package)
+    assert model_zoo.configs_dir() == package / '.mim' / 'configs'
+    (tmp_path / 'site-packages' / 'setup.py').touch()  # a sparsevision checkout instead: its configs/ win
+    assert model_zoo.configs_dir() == tmp_path / 'site-packages' / 'configs'

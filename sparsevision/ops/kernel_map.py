@@ -10,25 +10,33 @@ from typing import Optional, Sequence, Tuple
 import torch
 
 from . import library  # noqa: F401  (defines the ops and loads their kernels)
-from .coordinates import MAX_LINEAR_KEY, IntOrSequence, expand_argument, output_spatial_shape
+from .coordinates import (MAX_LINEAR_KEY, IntOrSequence, convolution_geometry, expand_argument,
+                          output_spatial_shape)
 
 _kernel_map = torch.ops.sparsevision.kernel_map.default
 _downsample_indices = torch.ops.sparsevision.downsample_indices.default
 _invert_kernel_map = torch.ops.sparsevision.invert_kernel_map.default
+INDEX_DTYPES = (torch.int32, torch.int64, torch.int16, torch.int8, torch.uint8)
 
 
 def check_indices(indices: torch.Tensor, spatial_shape: Sequence[int], batch_size: Optional[int] = None,
                   name: str = 'indices') -> torch.Tensor:
     """Validate ``[N, 1 + D]`` coordinates against their grid; return them as contiguous int32.
 
+    int32 is spconv's dtype; int64, int16, int8 and uint8 coordinates are converted (int64 only when every value
+    fits). uint8 cannot hold a negative value, so a negative coordinate computed in uint8 has already wrapped
+    around before it gets here: compute coordinates in a signed dtype.
+
     Raises:
-        ValueError: float or wrong-shaped coordinates, negative or out-of-grid
-            values, a batch index ``>= batch_size``, or a grid too large for int64 keys.
+        ValueError: float or other non-integer dtypes (naming the dtype), wrong-shaped coordinates, negative or
+            out-of-grid values, a batch index ``>= batch_size``, or a grid too large for int64 keys.
     """
     dims = len(spatial_shape)
-    if indices.is_floating_point() or indices.is_complex() or indices.dtype == torch.bool:
-        raise ValueError(f'{name} must be integers (int32 batch, then coordinates), got {indices.dtype}; '
-                         'voxelize float points first')
+    if indices.dtype not in INDEX_DTYPES:
+        advice = ('voxelize float points first' if indices.is_floating_point() else
+                  'convert them with .to(torch.int32)')
+        raise ValueError(f'{name} must be integers of dtype int32 (int64, int16, int8 and uint8 are converted), got '
+                         f'{indices.dtype}; {advice}')
     if indices.dim() != 2 or indices.shape[1] != dims + 1:
         raise ValueError(f'{name} must be [N, {dims + 1}] (batch, then {dims} coordinates) for a {dims}-D '
                          f'spatial_shape, got shape {tuple(indices.shape)}')
@@ -49,11 +57,9 @@ def check_indices(indices: torch.Tensor, spatial_shape: Sequence[int], batch_siz
             grid *= size
         if grid >= MAX_LINEAR_KEY:
             raise ValueError(f'the grid [batch={high[0] + 1}, *{list(spatial_shape)}] has more than 2^62 cells')
-    if indices.dtype != torch.int32:
-        if indices.numel() and indices.abs().max() >= 2**31:
-            raise ValueError(f'{name} values do not fit in int32')
-        indices = indices.to(torch.int32)
-    return indices.contiguous()
+    if indices.dtype == torch.int64 and indices.numel() and indices.abs().max() >= 2**31:
+        raise ValueError(f'{name} values do not fit in int32 (largest magnitude {indices.abs().max().item()})')
+    return indices.to(torch.int32).contiguous()
 
 
 def build_kernel_map(in_indices: torch.Tensor, out_indices: torch.Tensor, spatial_shape: Sequence[int],
@@ -74,9 +80,7 @@ def build_kernel_map(in_indices: torch.Tensor, out_indices: torch.Tensor, spatia
     Raises:
         ValueError: bad coordinates (see :func:`check_indices`) or duplicate input sites.
     """
-    dims = len(spatial_shape)
-    geometry = [expand_argument(value, dims, name) for value, name in
-                ((kernel_size, 'kernel_size'), (stride, 'stride'), (padding, 'padding'), (dilation, 'dilation'))]
+    geometry = convolution_geometry(len(spatial_shape), kernel_size, stride, padding, dilation)
     out_shape = output_spatial_shape(spatial_shape, *geometry)
     same_sites = out_indices is in_indices and list(out_shape) == list(spatial_shape)
     in_indices = check_indices(in_indices, spatial_shape, name='in_indices')
@@ -88,8 +92,8 @@ def submanifold_kernel_map(indices: torch.Tensor, spatial_shape: Sequence[int], 
                            dilation: IntOrSequence = 1) -> torch.Tensor:
     """The kernel map of a submanifold convolution: outputs are the inputs, centred odd kernel."""
     dims = len(spatial_shape)
-    kernel = expand_argument(kernel_size, dims, 'kernel_size')
-    dilations = expand_argument(dilation, dims, 'dilation')
+    kernel = expand_argument(kernel_size, dims, 'kernel_size', minimum=1)
+    dilations = expand_argument(dilation, dims, 'dilation', minimum=1)
     if any(k % 2 == 0 for k in kernel):
         raise ValueError(f'submanifold convolution needs odd kernel sizes to be centred, got {kernel}')
     padding = [k // 2 * d for k, d in zip(kernel, dilations)]
@@ -107,9 +111,7 @@ def downsample_indices(indices: torch.Tensor, spatial_shape: Sequence[int], kern
     Raises:
         ValueError: bad coordinates, duplicates, or a kernel larger than the padded grid.
     """
-    dims = len(spatial_shape)
-    geometry = [expand_argument(value, dims, name) for value, name in
-                ((kernel_size, 'kernel_size'), (stride, 'stride'), (padding, 'padding'), (dilation, 'dilation'))]
+    geometry = convolution_geometry(len(spatial_shape), kernel_size, stride, padding, dilation)
     out_shape = output_spatial_shape(spatial_shape, *geometry)
     if any(size <= 0 for size in out_shape):
         raise ValueError(f'kernel {geometry[0]} with dilation {geometry[3]} does not fit grid {list(spatial_shape)} '
@@ -130,7 +132,8 @@ def invert_kernel_map(neighbors: torch.Tensor, num_inputs: int) -> torch.Tensor:
             outputs reading one input through the same tap.
     """
     if neighbors.dim() != 2 or neighbors.dtype != torch.int32:
-        raise ValueError(f'neighbors must be an int32 [M, K] kernel map, got {neighbors.dtype} {tuple(neighbors.shape)}')
+        raise ValueError(f'neighbors must be an int32 [M, K] kernel map, got {neighbors.dtype} '
+                         f'{tuple(neighbors.shape)}')
     if neighbors.numel() and not torch.compiler.is_compiling() and neighbors.max().item() >= num_inputs:
         raise ValueError(f'the kernel map names input {neighbors.max().item()} but there are only {num_inputs}')
     return _invert_kernel_map(neighbors, num_inputs)

@@ -8,7 +8,8 @@ from typing import List, Optional
 
 import torch
 
-from .coordinates import keys_to_coordinates, kernel_offsets, linear_keys, output_spatial_shape
+from .coordinates import (keys_to_coordinates, kernel_offsets, linear_keys, output_spatial_shape,
+                          sorted_distinct_keys)
 
 
 def gather_tokens(tokens: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -65,7 +66,7 @@ def kernel_map(in_indices: torch.Tensor, out_indices: torch.Tensor, spatial_shap
     """
     offsets = kernel_offsets(kernel_size, dilation, in_indices.device)
     shape = torch.tensor(spatial_shape, device=in_indices.device)
-    sorted_keys, order = _sorted_unique_keys(in_indices, spatial_shape)
+    sorted_keys, order = sorted_distinct_keys(in_indices, spatial_shape, 'kernel_map: in_indices')
     corner = out_indices[:, 1:].to(torch.int64) * torch.tensor(stride, device=shape.device) - torch.tensor(
         padding, device=shape.device)
     candidates = corner[:, None, :] + offsets[None]                       # [M, K, D]
@@ -89,7 +90,7 @@ def downsample_indices(indices: torch.Tensor, spatial_shape: List[int], kernel_s
     Returns:
         ``[M, 1 + D]`` int32 output coordinates in row-major (batch, then axes) order.
     """
-    _sorted_unique_keys(indices, spatial_shape)  # validates: no duplicates
+    sorted_distinct_keys(indices, spatial_shape, 'downsample_indices: indices')  # validates: no duplicates
     out_shape = output_spatial_shape(spatial_shape, kernel_size, stride, padding, dilation)
     offsets = kernel_offsets(kernel_size, dilation, indices.device)
     step = torch.tensor(stride, device=indices.device)
@@ -111,17 +112,6 @@ def invert_kernel_map(neighbors: torch.Tensor, num_inputs: int) -> torch.Tensor:
     rows, taps = (neighbors >= 0).nonzero(as_tuple=True)
     inverse[neighbors[rows, taps].long(), taps] = rows.to(torch.int32)
     return inverse
-
-
-def _sorted_unique_keys(indices: torch.Tensor, spatial_shape: List[int]):
-    keys = linear_keys(indices[:, 0], indices[:, 1:], spatial_shape)
-    sorted_keys, order = keys.sort()
-    repeated = (sorted_keys[1:] == sorted_keys[:-1]).nonzero()
-    if repeated.numel():
-        first = order[repeated[0, 0] + 1].item()
-        raise ValueError(f'duplicate coordinate {indices[first].tolist()} (row {first}); '
-                         'merge duplicate points first (e.g. voxelize with mean pooling)')
-    return sorted_keys, order
 
 
 def sparse_conv(features: torch.Tensor, weight: torch.Tensor, neighbors: torch.Tensor,

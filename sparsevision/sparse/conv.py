@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 
 from .. import ops
-from ..ops.coordinates import IntOrSequence, expand_argument
+from ..ops.coordinates import IntOrSequence, convolution_geometry
 from .kernel_maps import convolution_map, inverse_convolution_map
 from .modules import SparseModule
 from .tensor import KernelMap, SparseTensor
@@ -51,10 +51,8 @@ class SparseConvolution(SparseModule):
         if inverse and indice_key is None:
             raise ValueError('an inverse convolution needs the indice_key of the strided convolution it undoes')
         self.ndim, self.in_channels, self.out_channels, self.groups = ndim, in_channels, out_channels, groups
-        self.kernel_size = expand_argument(kernel_size, ndim, 'kernel_size')
-        self.stride = expand_argument(stride, ndim, 'stride')
-        self.padding = expand_argument(padding, ndim, 'padding')
-        self.dilation = expand_argument(dilation, ndim, 'dilation')
+        self.kernel_size, self.stride, self.padding, self.dilation = convolution_geometry(
+            ndim, kernel_size, stride, padding, dilation)
         self.subm, self.inverse, self.indice_key = subm, inverse, indice_key
         if subm and any(k % 2 == 0 for k in self.kernel_size):
             raise ValueError(f'submanifold convolution needs odd kernel sizes, got {self.kernel_size}')
@@ -80,7 +78,7 @@ class SparseConvolution(SparseModule):
             raise ValueError(f'{type(self).__name__} expects {self.in_channels} input channels, '
                              f'got {x.features.shape[1]}')
         if self.inverse:
-            kernel_map = inverse_convolution_map(x, self.indice_key)
+            kernel_map = inverse_convolution_map(x, self.indice_key, self.kernel_size)
         else:
             kernel_map = convolution_map(x, self.kernel_size, self.stride, self.padding, self.dilation, self.subm,
                                          self.indice_key)

@@ -3,7 +3,7 @@ from typing import Optional
 
 import torch
 
-from ..ops.coordinates import IntOrSequence, expand_argument
+from ..ops.coordinates import IntOrSequence, convolution_geometry
 from .kernel_maps import convolution_map
 from .modules import SparseModule
 from .tensor import SparseTensor
@@ -27,10 +27,8 @@ class SparsePool(SparseModule):
         if mode not in ('max', 'avg'):
             raise ValueError(f"pooling mode must be 'max' or 'avg', got {mode!r}")
         self.ndim, self.mode, self.subm, self.indice_key = ndim, mode, subm, indice_key
-        self.kernel_size = expand_argument(kernel_size, ndim, 'kernel_size')
-        self.stride = expand_argument(kernel_size if stride is None else stride, ndim, 'stride')
-        self.padding = expand_argument(padding, ndim, 'padding')
-        self.dilation = expand_argument(dilation, ndim, 'dilation')
+        self.kernel_size, self.stride, self.padding, self.dilation = convolution_geometry(
+            ndim, kernel_size, kernel_size if stride is None else stride, padding, dilation)
 
     def forward(self, x: SparseTensor) -> SparseTensor:
         if x.ndim != self.ndim:
@@ -81,7 +79,11 @@ SparseMaxPool4d, SparseAvgPool4d = _make_pools(4)
 
 
 class SparseGlobalPool(SparseModule):
-    """Pool every sample's sites to one vector: ``[batch_size, C]`` (zeros for samples without sites)."""
+    """Pool every sample's sites to one vector: ``[batch_size, C]`` (zeros for samples without sites).
+
+    Raises:
+        ValueError: (in forward) when two rows name the same site (see :meth:`SparseTensor.check_distinct_sites`).
+    """
 
     def __init__(self, mode: str = 'max'):
         super().__init__()
@@ -90,6 +92,7 @@ class SparseGlobalPool(SparseModule):
         self.mode = mode
 
     def forward(self, x: SparseTensor) -> torch.Tensor:
+        x.check_distinct_sites()   # a site counted twice would skew the mean
         batch = x.indices[:, 0].long()
         rows = []
         for sample in range(x.batch_size):

@@ -259,8 +259,10 @@ def test_report_errors():
     counter = counted_twice(two_linear_layers(), BINARY_ROWS)
     with pytest.raises(ValueError, match='counted layers: stem, fc'):
         energy_report(counter, first_layer='head')
-    with pytest.raises(ValueError, match='time_steps'):
+    with pytest.raises(ValueError, match='time_steps must be >= 1, got 0'):
         energy_report(counter, time_steps=0)
+    with pytest.raises(ValueError, match='time_steps must be an integer, got 1.5'):
+        energy_report(counter, time_steps=1.5)
     with pytest.raises(ValueError, match='45nm_fp16'):
         energy_report(counter, model='fp32')
     with pytest.raises(ValueError, match='counted nothing'):

@@ -56,8 +56,12 @@ def test_meta_spikeformer_is_deterministic_per_forward():
 
 
 def test_bad_arguments_are_refused():
-    with pytest.raises(ValueError, match='time_steps'):
+    with pytest.raises(ValueError, match='time_steps must be >= 1, got 0'):
         MetaSpikeFormer(time_steps=0)
+    with pytest.raises(ValueError, match='time_steps must be an integer, got 1.5'):
+        MetaSpikeFormer(time_steps=1.5)
+    with pytest.raises(ValueError, match='time_steps must be an integer, got the bool True'):
+        MetaSpikeFormer(time_steps=True)
     with pytest.raises(ValueError, match='heads'):
         MetaSpikeFormer(channels=(8, 16, 30), heads=4)
     with pytest.raises(ValueError, match=r'\[B, C, H, W\]'):

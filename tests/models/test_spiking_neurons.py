@@ -231,6 +231,32 @@ def test_switching_a_streaming_neuron_to_multi_step_needs_reset():
     assert neuron(torch.rand(5, 4, 3)).shape == (5, 4, 3)
 
 
+@pytest.mark.parametrize('kind', MEMBRANE_NEURONS)
+@pytest.mark.parametrize('v_reset', [0.0, None])
+@pytest.mark.parametrize('bad', [math.nan, math.inf, -math.inf])
+def test_a_non_finite_input_raises_instead_of_silencing_the_neuron(kind, v_reset, bad):
+    """Left alone, the membrane would stay NaN/inf for the rest of the sequence and never fire again."""
+    x = torch.rand(4, 2, 3, generator=torch.Generator().manual_seed(0))
+    x[1, 0, 2] = bad
+    with pytest.raises(ValueError, match=rf'{NEURONS[kind].__name__}: the membrane is no longer finite '
+                                         rf'\(input\[1, 0, 2\] is {bad}\), so the neuron would never fire again'):
+        NEURONS[kind](v_reset=v_reset)(x)
+
+
+def test_a_streaming_neuron_keeps_its_state_when_an_input_is_not_finite():
+    neuron = IFNeuron(step_mode='s', stateful=True)
+    assert neuron(torch.full((2, 3), 0.5)).eq(0).all()
+    with pytest.raises(ValueError, match=r'input\[0, 1\] is nan'):
+        neuron(torch.tensor([[0.5, math.nan, 0.5], [0.5, 0.5, 0.5]]))
+    assert neuron.membrane.eq(0.5).all()
+    assert neuron(torch.full((2, 3), 0.5)).eq(1).all()   # 0.5 + 0.5 reaches the threshold: still fires
+
+
+def test_an_overflowing_membrane_says_so():
+    with pytest.raises(ValueError, match=r'finite inputs made it overflow.*scale the input down \(it reaches 3e\+38\)'):
+        IFNeuron(v_reset=None)(torch.full((3, 2), 3e38))
+
+
 # --- every neuron, every surrogate: forward + backward ------------------------------------------------------------
 
 def check_forward_backward(neuron: nn.Module, binary: bool) -> None:

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...ops.coordinates import as_integer
 from ...sparse.conv import SparseConvolution
 from ...sparse.kernel_maps import convolution_map, inverse_convolution_map
 from ...sparse.tensor import KernelMap, SparseTensor
@@ -210,7 +211,7 @@ def reached_outputs(module: nn.modules.conv._ConvNd, weights: torch.Tensor) -> t
 def layer_kernel_map(module: SparseConvolution, x: SparseTensor) -> KernelMap:
     """The kernel map ``module`` used on ``x``: found again in ``x``'s cache (the forward built it), never rebuilt."""
     if module.inverse:
-        return inverse_convolution_map(x, module.indice_key)
+        return inverse_convolution_map(x, module.indice_key, module.kernel_size)
     return convolution_map(x, module.kernel_size, module.stride, module.padding, module.dilation, module.subm,
                            module.indice_key)
 
@@ -343,7 +344,7 @@ def energy_report(counter: OperationCounter, model: Union[str, EnergyModel] = '4
         time_steps: time steps ``T`` the counted run spans, which the ANN twin runs once.
 
     Raises:
-        ValueError: nothing counted, an unknown energy model or layer name, or ``time_steps < 1``.
+        ValueError: nothing counted, an unknown energy model or layer name, or ``time_steps`` not an integer >= 1.
     """
     costs = energy_model(model)
     summary = counter.summary()
@@ -354,8 +355,7 @@ def energy_report(counter: OperationCounter, model: Union[str, EnergyModel] = '4
     elif first_layer not in summary:
         raise ValueError(f'first_layer {first_layer!r} did not run inside the counter; counted layers: '
                          f'{", ".join(summary)}')
-    if not (isinstance(time_steps, int) and time_steps >= 1):
-        raise ValueError(f'time_steps must be an integer >= 1, got {time_steps!r}')
+    time_steps = as_integer(time_steps, 'time_steps', minimum=1)
     layers = []
     for name, counts in summary.items():
         input_kind = 'binary' if counts['input_is_binary'] else 'integer' if counts['input_is_integer'] else 'real'

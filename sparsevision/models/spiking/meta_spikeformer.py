@@ -5,6 +5,7 @@ import torch
 import torch.nn as nn
 from mmengine.model import BaseModule
 
+from ...ops.coordinates import as_integer
 from ...registry import MODELS
 from .neurons import LIFNeuron
 
@@ -122,9 +123,7 @@ class MetaSpikeFormer(BaseModule):
         super().__init__(init_cfg)
         if len(channels) != 3 or len(conv_depths) != 2:
             raise ValueError(f'channels names three stages and conv_depths two, got {channels} and {conv_depths}')
-        if time_steps < 1:
-            raise ValueError(f'time_steps must be >= 1, got {time_steps}')
-        self.time_steps = time_steps
+        self.time_steps = as_integer(time_steps, 'time_steps', minimum=1)
         stages, width = [], in_channels
         for index, depth in enumerate(conv_depths):
             downsample = (conv_bn(width, channels[index], 3, 2) if index == 0 else
