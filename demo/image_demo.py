@@ -13,6 +13,11 @@ patches are kept, dropped (dark, hatched) or merged into one token (one colour a
 model's input channels and size. The shipped models are trained on 8x8 digits only (no photo-trained
 weights can be downloaded here), so their predictions on a photo mean nothing; the token maps still show
 what the router keeps for that input.
+
+--model takes any image classifier of the zoo; another model (a point-cloud, event-camera or masked-autoencoder
+model) is refused in one line that names the image classifiers and where the refused model runs instead.
+The PNG, JSON and token maps of a run are written as a whole or not at all (also when the run is interrupted);
+token maps of an earlier run that this run does not write are removed.
 """
 import argparse
 import sys
@@ -21,6 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
 DEMO_DIGITS = Path(__file__).resolve().parent / 'data' / 'digits'
+TOKEN_MAPS = 'token_maps/[0-9][0-9]*_*.png'   # <index>_<name>.png; a run removes those it did not write
 
 
 def parse_args(argv=None):
@@ -41,37 +47,50 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
+    """Run the demo; a bad input or a model that is no image classifier ends it with one ``error:`` line."""
     args = parse_args(argv)
-    from sparsevision.apis import ImageClassificationInferencer, routes_tokens, save_token_maps
+    try:
+        predictions, files = classify(args)
+    except (OSError, ValueError, RuntimeError) as error:
+        raise SystemExit(f'image_demo: error: {error}') from None
+    for prediction in predictions:
+        print(f'{prediction["image"]}: {prediction["pred_class"]} ({prediction["pred_score"]:.3f})')
+    print(f'wrote {files["png"]} and {files["json"]}')
+    if files['token_maps']:
+        print(f'wrote token maps ({len(files["token_maps"])} PNG) to {files["token_maps"][0].parent}')
+    return 0
+
+
+def classify(args):
+    """Classify the requested images and write the PNG, JSON and token maps as one set (all or none).
+
+    Returns:
+        The predictions and the written files: ``{'png', 'json', 'token_maps'}``.
+    """
+    from sparsevision.apis import ImageClassificationInferencer, output_set, routes_tokens, save_token_maps
     from sparsevision.apis.image_classification import write_json_atomically
 
     files = [Path(image) for image in args.images] or ([] if args.photo else sorted(DEMO_DIGITS.glob('*.png')))
-    try:
-        missing = [str(image) for image in files if not image.is_file()]
-        if missing:
-            raise FileNotFoundError(f'image file(s) not found: {", ".join(missing)}')
-        inferencer = ImageClassificationInferencer(args.model, args.checkpoint, args.device)
-        images = files + [inferencer.sample_photo(name) for name in args.photo]
-        names = [image.stem for image in files] + args.photo
-        predictions = inferencer(images)
-        for source, prediction in zip([str(image) for image in files] + args.photo, predictions):
-            prediction['image'] = source
-        out_dir = Path(args.out_dir)
-        token_maps = (save_token_maps(inferencer, images, predictions, out_dir / 'token_maps', titles=names)
-                      if routes_tokens(inferencer.model) else [])
+    missing = [str(image) for image in files if not image.is_file()]
+    if missing:
+        raise FileNotFoundError(f'image file(s) not found: {", ".join(missing)}')
+    inferencer = ImageClassificationInferencer(args.model, args.checkpoint, args.device)
+    images = files + [inferencer.sample_photo(name) for name in args.photo]
+    names = [image.stem for image in files] + args.photo
+    predictions = inferencer(images)
+    for source, prediction in zip([str(image) for image in files] + args.photo, predictions):
+        prediction['image'] = source
+    with output_set(args.out_dir, owned=[TOKEN_MAPS]) as outputs:
+        token_maps = []
+        if routes_tokens(inferencer.model):
+            staged = save_token_maps(inferencer, images, predictions, outputs.path('token_maps'), titles=names)
+            token_maps = [outputs.destination(path) for path in staged]
         for prediction, token_map in zip(predictions, token_maps):
             prediction['token_map'] = str(token_map)
-        png = inferencer.visualize(images, predictions, out_dir / 'image_demo.png', titles=names)
-        write_json_atomically(out_dir / 'image_demo.json', dict(model=args.model, predictions=predictions))
-    except (OSError, ValueError, RuntimeError) as error:
-        print(f'image_demo: error: {error}', file=sys.stderr)
-        return 1
-    for prediction in predictions:
-        print(f'{prediction["image"]}: {prediction["pred_class"]} ({prediction["pred_score"]:.3f})')
-    print(f'wrote {png} and {png.with_suffix(".json")}')
-    if token_maps:
-        print(f'wrote token maps ({len(token_maps)} PNG) to {token_maps[0].parent}')
-    return 0
+        png = inferencer.visualize(images, predictions, outputs.path('image_demo.png'), titles=names)
+        json_file = write_json_atomically(outputs.path('image_demo.json'),
+                                          dict(model=args.model, predictions=predictions))
+    return predictions, dict(png=outputs.destination(png), json=outputs.destination(json_file), token_maps=token_maps)
 
 
 if __name__ == '__main__':

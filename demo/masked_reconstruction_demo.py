@@ -8,6 +8,10 @@ saw (it was pretrained on crops of astronaut, coffee and rocket). Writes OUT_DIR
 (input | masked input | reconstruction, one row per image) and masked_reconstruction.json (the mask and
 the error on hidden patches). Hidden patches are predicted per-patch-normalised, so they are shown with
 their true mean and contrast, as MAE's and SparK's figures do; their structure is the model's.
+
+--model takes any masked autoencoder of the zoo (SparK, FCMAE); another model is refused in one line that names
+the masked autoencoders and where the refused model runs instead. The PNG and JSON are written as a pair or not
+at all (also when the run is interrupted).
 """
 import argparse
 import sys
@@ -49,37 +53,51 @@ def load_image(path: Path, channels: int, size):
 
 
 def main(argv=None) -> int:
+    """Run the demo; a bad input or a model that is no masked autoencoder ends it with one ``error:`` line."""
     args = parse_args(argv)
     try:
-        from sparsevision.apis import MaskedReconstructionInferencer, sample_photo, save_reconstruction_figure
-        from sparsevision.apis.image_classification import write_json_atomically
-
-        photos = args.photo or ([] if args.images else ['chelsea'])
-        for image in args.images:
-            if not Path(image).is_file():
-                raise FileNotFoundError(f'image file not found: {image}')
-        inferencer = MaskedReconstructionInferencer(args.model, args.checkpoint, args.device)
-        size, channels = inferencer.input_size, inferencer.channels
-        images = ([load_image(Path(image), channels, size) for image in args.images]
-                  + [sample_photo(name, channels, size) for name in photos])
-        names = [Path(image).name for image in args.images] + photos
-        results = [inferencer(image, args.mask_ratio, args.seed + index) for index, image in enumerate(images)]
-        records = []
-        for name, result in zip(names, results):
-            hidden = ~result['visible'].astype(bool)
-            patch = inferencer.model.downsample_ratio
-            pixels = hidden.repeat(patch, 0).repeat(patch, 1)
-            error = float(((result['reconstruction'] - result['input']) ** 2)[pixels].mean()) if hidden.any() else 0.0
-            records.append(dict(image=name, visible_patches=result['visible'].astype(int).tolist(),
-                                hidden_share=float(hidden.mean()), hidden_pixel_mse=error))
-        out_dir = Path(args.out_dir)
-        figure = save_reconstruction_figure(results, out_dir / 'masked_reconstruction.png', titles=names)
-        write_json_atomically(out_dir / 'masked_reconstruction.json', dict(model=args.model, images=records))
-    except (FileNotFoundError, ValueError, OSError) as error:
-        print(f'error: {error}', file=sys.stderr)
-        return 1
-    print(f'wrote {figure} and {out_dir / "masked_reconstruction.json"}')
+        figure, json_file = reconstruct(args)
+    except (OSError, ValueError, RuntimeError) as error:
+        raise SystemExit(f'masked_reconstruction_demo: error: {error}') from None
+    print(f'wrote {figure} and {json_file}')
     return 0
+
+
+def reconstruct(args):
+    """Mask and reconstruct the requested images; write the figure and JSON as one set (both or neither).
+
+    Returns:
+        The written PNG and JSON files.
+    """
+    from sparsevision.apis import MaskedReconstructionInferencer, output_set, sample_photo, save_reconstruction_figure
+    from sparsevision.apis.image_classification import write_json_atomically
+
+    photos = args.photo or ([] if args.images else ['chelsea'])
+    for image in args.images:
+        if not Path(image).is_file():
+            raise FileNotFoundError(f'image file not found: {image}')
+    inferencer = MaskedReconstructionInferencer(args.model, args.checkpoint, args.device)
+    size, channels = inferencer.input_size, inferencer.channels
+    images = ([load_image(Path(image), channels, size) for image in args.images]
+              + [sample_photo(name, channels, size) for name in photos])
+    names = [Path(image).name for image in args.images] + photos
+    results = [inferencer(image, args.mask_ratio, args.seed + index) for index, image in enumerate(images)]
+    records = [describe(name, result, inferencer.model.downsample_ratio) for name, result in zip(names, results)]
+    with output_set(args.out_dir) as outputs:
+        figure = save_reconstruction_figure(results, outputs.path('masked_reconstruction.png'), titles=names)
+        json_file = write_json_atomically(outputs.path('masked_reconstruction.json'),
+                                          dict(model=args.model, images=records))
+    return outputs.destination(figure), outputs.destination(json_file)
+
+
+def describe(name: str, result: dict, patch: int) -> dict:
+    """JSON record of one image: its visible-patch grid, the share hidden and the reconstruction's mean squared
+    error on the hidden pixels."""
+    hidden = ~result['visible'].astype(bool)
+    pixels = hidden.repeat(patch, 0).repeat(patch, 1)
+    error = float(((result['reconstruction'] - result['input']) ** 2)[pixels].mean()) if hidden.any() else 0.0
+    return dict(image=name, visible_patches=result['visible'].astype(int).tolist(),
+                hidden_share=float(hidden.mean()), hidden_pixel_mse=error)
 
 
 if __name__ == '__main__':

@@ -1,4 +1,5 @@
-"""Segment and detect on point clouds with sparsevision zoo models; write a bird's-eye-view PNG and JSON per cloud.
+"""Segment, detect or classify point clouds with sparsevision zoo models; write a bird's-eye-view PNG per cloud
+and a JSON file.
 
     python demo/pcd_demo.py [POINTS ...] [--model NAME ...] [--checkpoint PATH|zoo ...] [--out-dir DIR]
                             [--columns N] [--xyz I J K] [--features I ...]
@@ -12,6 +13,13 @@ width, --xyz which columns are the coordinates, e.g. a nuScenes sweep: --columns
 default models (a SparseUNet segmentor and a SECOND CenterPoint detector, trained on simulated street sweeps with
 the sensor 1.8 m above the ground) read x, y, z only, so clouds from any sensor fit them; each adds its
 predictions: points coloured by class, vehicle boxes drawn.
+
+A single-object classifier (sparse_resnet_shapes, trained on 8 primitive shapes) takes clouds that hold one object
+of any size: each is centred, scaled into the unit sphere and voxelised as in training, and the predicted class
+goes into the title and the JSON. On a street or room scan it still names a shape, which then means nothing.
+Another model (an image, event-camera or masked-autoencoder model) is refused in one line that names the models
+this demo runs and where the refused model runs instead. The PNGs and JSON of a run are written as a whole or not
+at all (also when the run is interrupted).
 """
 import argparse
 import json
@@ -61,48 +69,64 @@ def load_clouds(names, args):
 
 
 def main(argv=None) -> int:
+    """Run the demo; a bad input or a model that takes no point clouds ends it with one ``error:`` line."""
     args = parse_args(argv)
-    models = args.model or list(DEFAULT_MODELS)
-    checkpoints = args.checkpoint or ['zoo'] * len(models)
-    names = args.points or [str(path) for path in sorted(DEMO_CLOUDS.glob('*.bin'))] + [MOTORCYCLE]
     try:
-        if len(checkpoints) != len(models):
-            raise ValueError(f'{len(checkpoints)} --checkpoint values for {len(models)} models; give one per --model')
-        from sparsevision.apis.image_classification import write_json_atomically
-        from sparsevision.apis.point_cloud import PointCloudInferencer, draw_bird_eye_view
-
-        clouds = load_clouds(names, args)
-        inferencers = [PointCloudInferencer(model, checkpoint, args.device)
-                       for model, checkpoint in zip(models, checkpoints)]
-        segmentor = next((inferencer for inferencer in inferencers if inferencer.class_names), None)
-        records, pictures = [], []
-        for index, (title, points) in enumerate(clouds):
-            start = time.perf_counter()
-            prediction, record = {}, dict(points=title, num_points=int(len(points)))
-            for inferencer in inferencers:
-                result = inferencer(points)
-                prediction.update(result)
-                record[inferencer.name] = inferencer.describe(result)
-            records.append(record)
-            pictures.append((title, points, prediction))
-            print(f'[{index + 1}/{len(clouds)}] {title}: {len(points)} points, '
-                  f'{len(prediction.get("boxes", ()))} boxes, {time.perf_counter() - start:.1f} s', flush=True)
-        out_dir = Path(args.out_dir)
-        written = []
-        for (title, points, prediction), record in zip(pictures, records):
-            png = draw_bird_eye_view(points, prediction.get('point_labels'), prediction.get('boxes'),
-                                     segmentor.class_names if segmentor else (), out_dir / f'{title}.png',
-                                     title=f'{title}: {", ".join(models)}', box_scores=prediction.get('box_scores'))
-            record['png'] = str(png)
-            written.append(png)
-        json_file = write_json_atomically(out_dir / 'pcd_demo.json', dict(models=models, predictions=records))
+        records, json_file = predict(args)
     except (OSError, ValueError, RuntimeError) as error:
-        print(f'pcd_demo: error: {error}', file=sys.stderr)
-        return 1
+        raise SystemExit(f'pcd_demo: error: {error}') from None
     for record in records:
         print(json.dumps({key: value for key, value in record.items() if key != 'png'})[:300])
-    print(f'wrote {", ".join(map(str, written))} and {json_file}')
+    print(f'wrote {", ".join(record["png"] for record in records)} and {json_file}')
     return 0
+
+
+def predict(args):
+    """Run every model on every cloud, then write the PNGs and the JSON as one set (all or none).
+
+    Returns:
+        The JSON records (one per cloud) and the JSON file.
+    """
+    from sparsevision.apis import output_set
+    from sparsevision.apis.image_classification import write_json_atomically
+    from sparsevision.apis.point_cloud import PointCloudInferencer, draw_bird_eye_view
+
+    models = args.model or list(DEFAULT_MODELS)
+    checkpoints = args.checkpoint or ['zoo'] * len(models)
+    if len(checkpoints) != len(models):
+        raise ValueError(f'{len(checkpoints)} --checkpoint values for {len(models)} models; give one per --model')
+    clouds = load_clouds(args.points or [str(path) for path in sorted(DEMO_CLOUDS.glob('*.bin'))] + [MOTORCYCLE],
+                         args)
+    inferencers = [PointCloudInferencer(model, checkpoint, args.device)
+                   for model, checkpoint in zip(models, checkpoints)]
+    records, pictures = [], []
+    for index, (title, points) in enumerate(clouds):
+        start = time.perf_counter()
+        prediction, record, point_classes, captions = {}, dict(points=title, num_points=int(len(points))), (), []
+        for inferencer in inferencers:
+            result = inferencer(points)
+            prediction.update(result)
+            record[inferencer.name] = summary = inferencer.describe(result)
+            captions.append(caption(inferencer.name, summary))
+            if 'point_labels' in result:
+                point_classes = inferencer.class_names
+        records.append(record)
+        pictures.append(dict(points=points, point_labels=prediction.get('point_labels'), boxes=prediction.get('boxes'),
+                             class_names=point_classes, title=f'{title}: {", ".join(captions)}',
+                             box_scores=prediction.get('box_scores')))
+        print(f'[{index + 1}/{len(clouds)}] {title}: {len(points)} points, '
+              f'{len(prediction.get("boxes", ()))} boxes, {time.perf_counter() - start:.1f} s', flush=True)
+    with output_set(args.out_dir) as outputs:
+        for picture, record in zip(pictures, records):
+            png = draw_bird_eye_view(out_file=outputs.path(f'{record["points"]}.png'), **picture)
+            record['png'] = str(outputs.destination(png))
+        json_file = write_json_atomically(outputs.path('pcd_demo.json'), dict(models=models, predictions=records))
+    return records, outputs.destination(json_file)
+
+
+def caption(name: str, summary: dict) -> str:
+    """A model's part of a picture's title: its name, and the class it gives the cloud if it is a classifier."""
+    return f'{name} -> {summary["pred_class"]} ({summary["pred_score"]:.2f})' if 'pred_class' in summary else name
 
 
 if __name__ == '__main__':

@@ -14,6 +14,7 @@ from mmengine.registry import DefaultScope
 from ..datasets.transforms import ResizeImage
 from ..model_zoo import create_model, load_config
 from ..registry import DATASETS
+from .model_kinds import IMAGE_CLASSIFIER, check_model_kind
 
 ImageInput = Union[str, Path, np.ndarray]
 SAMPLE_PHOTOS = ('astronaut', 'coffee', 'chelsea', 'rocket')   # bundled with scikit-image (skimage.data)
@@ -26,11 +27,15 @@ class ImageClassificationInferencer:
         model: a zoo name or config file.
         checkpoint: weights file, ``'zoo'`` for the shipped weights, or None (untrained).
         device: where the model runs.
+
+    Raises:
+        ValueError: for a model that is not an image classifier, naming those that are.
     """
 
     def __init__(self, model: str = 'resnet18_w16_digits', checkpoint: Optional[str] = 'zoo',
                  device: str = 'cpu'):
         cfg = load_config(model)
+        check_model_kind(cfg, model, [IMAGE_CLASSIFIER], type(self).__name__)
         self.model = create_model(cfg, checkpoint=checkpoint).to(device).eval()
         dataset_cfg = cfg.test_dataloader.dataset
         self.classes = DATASETS.get(dataset_cfg.type).METAINFO['classes']

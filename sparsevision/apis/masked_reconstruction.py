@@ -7,6 +7,7 @@ import torch
 
 from ..model_zoo import create_model, load_config
 from .image_classification import save_atomically
+from .model_kinds import MASKED_AUTOENCODER, check_model_kind
 
 
 class MaskedReconstructionInferencer:
@@ -16,16 +17,16 @@ class MaskedReconstructionInferencer:
         model: a zoo name or config file of a :class:`~sparsevision.models.masked_pretraining.MaskedAutoencoder`.
         checkpoint: weights file, ``'zoo'`` for the shipped weights, or None (untrained).
         device: where the model runs.
+
+    Raises:
+        ValueError: for a model that is not a masked autoencoder, naming those that are.
     """
 
     def __init__(self, model: str = 'spark_resnet18_w16_photos', checkpoint: Optional[str] = 'zoo',
                  device: str = 'cpu'):
-        from ..models.masked_pretraining import MaskedAutoencoder
-
         cfg = load_config(model)
+        check_model_kind(cfg, model, [MASKED_AUTOENCODER], type(self).__name__)
         self.model = create_model(cfg, checkpoint=checkpoint).to(device).eval()
-        if not isinstance(self.model, MaskedAutoencoder):
-            raise ValueError(f'{model!r} is a {type(self.model).__name__}, not a masked autoencoder (SparK, FCMAE)')
         preprocessor = cfg.model.data_preprocessor
         self.mean = torch.tensor(preprocessor.mean, dtype=torch.float32).view(-1, 1, 1)
         self.std = torch.tensor(preprocessor.std, dtype=torch.float32).view(-1, 1, 1)

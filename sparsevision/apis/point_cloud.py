@@ -1,4 +1,6 @@
-"""Run zoo 3D models (per-point segmentation, BEV detection) on point clouds and draw their predictions."""
+"""Run zoo 3D models (per-point segmentation, BEV detection, single-object classification) on point clouds and
+draw their predictions."""
+import inspect
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -7,9 +9,12 @@ import torch
 from mmengine.dataset import Compose
 from mmengine.registry import DefaultScope
 
+from ..datasets.shapes import voxelise_points
 from ..model_zoo import create_model, load_config
+from ..registry import DATASETS
 from ..structures import bev_corners
 from .image_classification import save_atomically
+from .model_kinds import POINT_CLOUD_MODEL, SHAPE_CLASSIFIER, check_model_kind, model_name
 
 RANGE_FILTERS = ('PointsRangeFilter', 'ObjectRangeFilter')
 # RGB per class index, reused for every segmentation model (ground, vehicle, pole, building, ...).
@@ -18,34 +23,50 @@ CLASS_COLOURS = np.array([[0.55, 0.55, 0.55], [0.90, 0.20, 0.15], [0.15, 0.45, 0
 
 
 class PointCloudInferencer:
-    """Run a zoo segmentor (``pred_point_seg``) or detector (``pred_instances_3d``) on point clouds.
+    """Run a zoo segmentor (``pred_point_seg``), detector (``pred_instances_3d``) or single-object classifier
+    (``pred_label``) on point clouds.
 
     Each cloud goes through the config's test pipeline without its range filters (points outside the model's
     grid are kept and labelled -1, so labels line up with the input points) and the model's data preprocessor,
-    one cloud per batch.
+    one cloud per batch. For a single-object classifier (trained on :class:`ShapeClassificationDataset`), the
+    cloud is first centred, scaled into the unit sphere and voxelised as that dataset does, so it must hold one
+    object; its size and units do not matter.
 
     Args:
         model: a zoo name or config file.
         checkpoint: weights file, ``'zoo'`` for the shipped weights, or None (untrained).
         device: where the model runs.
+
+    Raises:
+        ValueError: for a model that takes no point clouds, naming those that do.
     """
 
     def __init__(self, model: str, checkpoint: Optional[str] = 'zoo', device: str = 'cpu'):
         cfg = load_config(model)
-        self.name = Path(cfg.filename).stem if cfg.filename else str(model)
+        kind = check_model_kind(cfg, model, [POINT_CLOUD_MODEL, SHAPE_CLASSIFIER], type(self).__name__)
+        self.name = model_name(cfg, model)
         self.model = create_model(cfg, checkpoint=checkpoint).to(device).eval()
         self.class_names = tuple(cfg.get('class_names', ()))
         self.box_class_names = tuple(cfg.get('box_class_names', ()))
-        transforms = [transform for transform in cfg.test_dataloader.dataset.pipeline
-                      if transform['type'] not in RANGE_FILTERS]
+        dataset_cfg = cfg.test_dataloader.dataset
+        self.shape_grid = shape_grid(dataset_cfg) if kind == SHAPE_CLASSIFIER else None
+        transforms = [transform for transform in dataset_cfg.pipeline if transform['type'] not in RANGE_FILTERS]
         with DefaultScope.overwrite_default_scope('sparsevision'):
             self.pipeline = Compose(transforms)
+
+    def _sample(self, points: np.ndarray) -> dict:
+        """What the pipeline starts from: the points, or for a single-object classifier, its voxelised shape."""
+        if self.shape_grid is None:
+            return dict(points=points, sample_index=0)
+        coordinates, features = voxelise_points(fit_into_unit_sphere(points[:, :3]), self.shape_grid)
+        return dict(coordinates=coordinates, features=features, spatial_shape=[self.shape_grid] * 3, sample_index=0)
 
     @torch.no_grad()
     def __call__(self, points: np.ndarray) -> dict:
         """Predict one cloud ``[P, 3 + C]``: ``point_labels`` ``[P]`` (-1: outside the model's range) and/or
-        ``boxes`` ``[K, 7]`` with ``box_scores`` and ``box_labels``."""
-        sample = self.pipeline(dict(points=np.asarray(points, dtype=np.float32), sample_index=0))
+        ``boxes`` ``[K, 7]`` with ``box_scores`` and ``box_labels``, or for a classifier ``pred_label``,
+        ``pred_class``, ``pred_score`` and ``scores`` (per class)."""
+        sample = self.pipeline(self._sample(np.asarray(points, dtype=np.float32)))
         batch = self.model.data_preprocessor(dict(inputs=[sample['inputs']], data_samples=[sample['data_samples']]))
         output = self.model(**batch, mode='predict')[0]
         prediction = {}
@@ -55,13 +76,17 @@ class PointCloudInferencer:
             instances = output.pred_instances_3d
             prediction.update(boxes=instances.bboxes_3d.cpu().numpy(), box_scores=instances.scores_3d.cpu().numpy(),
                               box_labels=instances.labels_3d.cpu().numpy())
+        if 'pred_label' in output:
+            prediction.update(pred_label=int(output.pred_label), pred_class=self.class_names[int(output.pred_label)],
+                              pred_score=float(output.pred_score.max()), scores=output.pred_score.cpu().tolist())
         if not prediction:
-            raise ValueError(f'{self.name} predicts neither per-point labels nor 3D boxes; use a segmentation or '
-                             'detection model')
+            raise ValueError(f'{self.name} predicts neither per-point labels, 3D boxes nor a class; use a '
+                             'segmentation, detection or classification model')
         return prediction
 
     def describe(self, prediction: dict) -> dict:
-        """JSON-ready summary: points per predicted class and the boxes with class names and scores."""
+        """JSON-ready summary: points per predicted class, the boxes with class names and scores, and the class
+        of a classifier with its score."""
         summary = {}
         if 'point_labels' in prediction:
             labels = prediction['point_labels']
@@ -73,7 +98,22 @@ class PointCloudInferencer:
                                      box_xyz_lwh_yaw=[round(float(value), 3) for value in box])
                                 for box, score, label in zip(prediction['boxes'], prediction['box_scores'],
                                                              prediction['box_labels'])]
+        if 'pred_class' in prediction:
+            summary.update(pred_class=prediction['pred_class'], pred_score=round(prediction['pred_score'], 4))
         return summary
+
+
+def shape_grid(dataset_cfg) -> int:
+    """Voxels per axis of a single-object classifier's dataset: its config's ``grid`` or the class default."""
+    default = inspect.signature(DATASETS.get(dataset_cfg.type)).parameters['grid'].default
+    return dataset_cfg.get('grid', default)
+
+
+def fit_into_unit_sphere(xyz: np.ndarray) -> np.ndarray:
+    """Centre ``[P, 3]`` points on their mean and scale them so the farthest lies at 1 / 1.05, as
+    :class:`~sparsevision.datasets.ShapeClassificationDataset` fits its samples before voxelising them."""
+    centred = xyz - xyz.mean(axis=0)
+    return centred / max(np.linalg.norm(centred, axis=1).max() * 1.05, np.finfo(np.float32).tiny)
 
 
 def draw_bird_eye_view(points: np.ndarray, point_labels: Optional[np.ndarray], boxes: Optional[np.ndarray],

@@ -154,11 +154,11 @@ def test_help_says_photo_predictions_are_meaningless(image_demo, capsys):
     (['missing.png'], 'image file(s) not found: missing.png'),
     (['--photo', 'moon_landing'], "unknown photo 'moon_landing'; choose one of astronaut, coffee, chelsea, rocket"),
 ])
-def test_bad_input_fails_with_one_line_and_no_outputs(image_demo, untrained_tome_checkpoint, capsys, tmp_path,
-                                                      arguments, message):
+def test_bad_input_fails_with_one_line_and_no_outputs(image_demo, untrained_tome_checkpoint, tmp_path, arguments,
+                                                      message):
     out_dir = tmp_path / 'out'
-    assert image_demo.main([*arguments, '--model', 'tome_vit_tiny_p4_digits', '--checkpoint',
-                            str(untrained_tome_checkpoint), '--out-dir', str(out_dir)]) == 1
-    lines = [line for line in capsys.readouterr().err.splitlines() if 'image_demo: error' in line]
-    assert len(lines) == 1 and message in lines[0]
+    with pytest.raises(SystemExit) as exit_info:
+        image_demo.main([*arguments, '--model', 'tome_vit_tiny_p4_digits', '--checkpoint',
+                         str(untrained_tome_checkpoint), '--out-dir', str(out_dir)])
+    assert exit_info.value.code == f'image_demo: error: {message}'
     assert not out_dir.exists()

@@ -160,7 +160,7 @@ def _one_line_error(result, marker):
     assert result.returncode != 0, result.stdout[-2000:]
     assert not marker.exists(), 'code from the checkpoint ran'
     lines = result.stderr.strip().splitlines()
-    assert lines and lines[-1].startswith('error: ') and 'Traceback' not in result.stderr, result.stderr[-3000:]
+    assert lines and 'error: ' in lines[-1] and 'Traceback' not in result.stderr, result.stderr[-3000:]
     return lines[-1]
 
 
