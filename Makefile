@@ -4,6 +4,7 @@
 #   make test   the whole test suite
 #   make demo   the demos on their embedded data (outputs/demo/)
 #   make bench  the benchmarks in --quick mode (outputs/bench/)
+#   make package-check  sdist -> isolated wheel build -> fresh venv -> installed commands run outside the tree
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -15,7 +16,7 @@ NATIVE_SOURCES := $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cuda/*.cu)
 EXTENSION := sparsevision/_C.so
 PYTEST_ARGS ?=
 
-.PHONY: venv build test demo bench clean system-deps
+.PHONY: venv build test demo bench clean system-deps package-check
 
 venv: $(VENV)/.installed
 
@@ -45,6 +46,9 @@ test: build system-deps
 demo: build system-deps
 	$(PY) demo/image_demo.py --out-dir outputs/demo
 	$(PY) demo/pcd_demo.py --out-dir outputs/demo
+
+package-check: $(VENV)/.installed
+	PYTHON=$(PYTHON) bash .ci/package_check
 
 bench: build
 	mkdir -p outputs/bench

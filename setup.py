@@ -101,7 +101,7 @@ setup(
     python_requires='>=3.10',
     packages=find_packages(include=['sparsevision', 'sparsevision.*']),
     include_package_data=True,
-    package_data={'sparsevision': ['.mim/configs/**/*.py', 'model_zoo/weights/*.pth']},
+    package_data={'sparsevision': ['.mim/configs/**/*.py', 'model_zoo/weights/*.pth', 'demo_data/*/*']},
     install_requires=[
         'torch>=2.6,<2.15',
         'torchvision>=0.21',
@@ -123,6 +123,7 @@ setup(
         'sparsevision-train = sparsevision.cli.train:run',
         'sparsevision-test = sparsevision.cli.test:run',
         'sparsevision-publish = sparsevision.cli.publish_model:run',
+        'sparsevision-demo = sparsevision.cli.demo:run',
     ]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,

@@ -52,7 +52,7 @@ def sphere_cloud(tmp_path_factory):
 
 @pytest.fixture
 def digits(repo_root):
-    return [str(path) for path in sorted((repo_root / 'demo/data/digits').glob('*.png'))[:2]]
+    return [str(path) for path in sorted((repo_root / 'sparsevision/demo_data/digits').glob('*.png'))[:2]]
 
 
 def checkpoint_of(name, directory):

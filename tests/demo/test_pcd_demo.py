@@ -49,7 +49,7 @@ def test_bad_input_fails_with_one_line_and_no_outputs(python_process, tmp_path, 
 
 
 def test_points_outside_the_range_are_labelled_minus_one_not_dropped(python_process, tmp_path):
-    street = np.fromfile(Path(__file__).resolve().parents[2] / 'demo/data/point_clouds/simulated_street.bin',
+    street = np.fromfile(Path(__file__).resolve().parents[2] / 'sparsevision/demo_data/point_clouds/simulated_street.bin',
                          dtype=np.float32).reshape(-1, 4)
     cloud = write_bin(tmp_path / 'partly_far.bin', np.concatenate([street, [[500.0, 0, 0, 0], [0, 600.0, 0, 0]]]))
     result = run_demo(python_process, cloud, '--model', 'sparse_unet_lidar_scenes', '--out-dir', tmp_path / 'out')

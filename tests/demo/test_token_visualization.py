@@ -33,7 +33,7 @@ def untrained_inferencer(repo_root):
 
 @pytest.fixture(scope='module')
 def digit_files(repo_root):
-    return sorted((repo_root / 'demo/data/digits').glob('*.png'))[:2]
+    return sorted((repo_root / 'sparsevision/demo_data/digits').glob('*.png'))[:2]
 
 
 @pytest.fixture(scope='module')
