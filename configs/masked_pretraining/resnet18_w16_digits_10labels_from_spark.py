@@ -4,7 +4,7 @@
 # The from-scratch baseline is this config with --cfg-options model.backbone.init_cfg=None.
 _base_ = ['../resnet/resnet18_w16_digits.py']
 
-pretrained = '{{ fileDirname }}/../../sparsevision/model_zoo/weights/spark_resnet18_w16_digits.pth'
+pretrained = 'zoo:spark_resnet18_w16_digits'   # read by tools/train.py from any directory or install
 model = dict(backbone=dict(init_cfg=dict(type='Pretrained', checkpoint=pretrained, prefix='backbone.')))
 train_dataloader = dict(dataset=dict(labels_per_class=10))
 max_epochs = 100
