@@ -279,6 +279,12 @@ def parser_target(argv, where):
 def command_claims(doc: Path):
     """``(where, argv, target, arguments)`` of each command of ``doc`` that has a parser (Makefile targets apart)."""
     for where, argv in doc_commands(doc):
+        while re.fullmatch(r'[A-Z_]+=\S*', argv[0]):  # an environment setting, e.g. SV_WITH_CUDA=0
+            assert argv[0].split('=')[0] in (REPO / 'setup.py').read_text(), f'{where}: setup.py reads no {argv[0]}'
+            argv = argv[1:]
+        if argv[:2] == ['pip', 'install']:
+            check_pip_install(argv[2:], where)
+            continue
         if argv[0] == 'make':
             makefile = (REPO / 'Makefile').read_text()
             for target in argv[1:]:
@@ -287,6 +293,15 @@ def command_claims(doc: Path):
         assert argv[0] in ('python', 'torchrun') or argv[0].startswith('sparsevision-'), \
             f'{where}: a command the test does not know how to check: {argv}'
         yield (where, argv, *parser_target(argv, where))
+
+
+def check_pip_install(arguments, where: str) -> None:
+    """``pip install [--no-build-isolation] .[EXTRA,...]``: the checkout, with extras that setup.py declares."""
+    targets = [argument.strip('"\'') for argument in arguments if argument != '--no-build-isolation']
+    assert len(targets) == 1 and re.fullmatch(r'\.(\[[\w,]+\])?', targets[0]), f'{where}: pip install {arguments}'
+    extras = re.search(r"extras_require=\{(.*?)\n    \}", (REPO / 'setup.py').read_text(), re.S).group(1)
+    for extra in re.findall(r'[\w]+', targets[0].strip('.[]')):
+        assert f"'{extra}':" in extras, f'{where}: setup.py declares no extra {extra!r}'
 
 
 def has_commands(path: Path) -> bool:
