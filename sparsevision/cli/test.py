@@ -10,6 +10,7 @@ import argparse
 
 from ..engine import add_common_arguments, build_runner, check_config, config_from_arguments, run_command
 from ..utils.checkpoint import resolve_checkpoint_path
+from ..utils.plain_checkpoint import load_plain_checkpoint
 
 TEST_ENTRIES = ('model', 'test_dataloader', 'test_cfg', 'test_evaluator')
 
@@ -24,8 +25,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    if not resolve_checkpoint_path(args.checkpoint).is_file():
-        raise FileNotFoundError(f'checkpoint {args.checkpoint} does not exist')
+    load_plain_checkpoint(resolve_checkpoint_path(args.checkpoint))  # refuses a missing, damaged or crafted file
     cfg = config_from_arguments(args)
     check_config(cfg, TEST_ENTRIES)
     cfg.load_from = args.checkpoint

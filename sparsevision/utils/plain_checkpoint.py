@@ -80,7 +80,8 @@ def load_plain_checkpoint(path: Union[str, Path], map_location='cpu') -> Any:
     """
     path = Path(os.path.expanduser(str(path)))
     if not path.is_file():
-        raise FileNotFoundError(f'checkpoint {path} does not exist')
+        raise FileNotFoundError(f'checkpoint {path} ' + ('is a directory, not a file' if path.is_dir() else
+                                                         'does not exist'))
     try:
         with torch.serialization.safe_globals(_plain_data_globals()):
             checkpoint = torch.load(path, map_location=map_location, weights_only=True)
