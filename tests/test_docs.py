@@ -37,7 +37,6 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = [REPO / 'README.md', *sorted((REPO / 'docs').glob('*.md'))]
-BEING_REWRITTEN = {'token_pruning.md', 'masked_pretraining.md'}   # their snippets are being rewritten
 
 FENCE = re.compile(r'^```(\w*)[^\n]*\n(.*?)^```[ \t]*$', re.M | re.S)
 INLINE_COMMAND = re.compile(r'(?<!`)`((?:python|torchrun|make|sparsevision-[\w-]+) [^`]*)`(?!`)')
@@ -53,11 +52,8 @@ def fenced_blocks(path: Path, language: str):
             for match in FENCE.finditer(text) if match.group(1) == language]
 
 
-def doc_params(has_content, being_rewritten=()):
-    return [pytest.param(path, id=path.name,
-                         marks=[pytest.mark.xfail(reason='snippets being rewritten', strict=False)]
-                         if path.name in being_rewritten else [])
-            for path in DOCS if has_content(path)]
+def doc_params(has_content):
+    return [pytest.param(path, id=path.name) for path in DOCS if has_content(path)]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -199,7 +195,7 @@ def has_python(path: Path) -> bool:
     return bool(fenced_blocks(path, 'python'))
 
 
-@pytest.mark.parametrize('doc', doc_params(has_python, BEING_REWRITTEN))
+@pytest.mark.parametrize('doc', doc_params(has_python))
 def test_python_snippets_run_and_their_claims_hold(doc, fresh_process):
     error = fresh_process['snippets'][doc.name]
     assert error is None, error

@@ -22,6 +22,8 @@ def _backbones():
         'timm_seresnet18': lambda: TimmBackbone('seresnet18'),             # per-sample squeeze-excitation gates
         'timm_resnet18d': lambda: TimmBackbone('resnet18d'),               # average-pooled shortcut (ceil_mode)
         'timm_mobilenetv3': lambda: TimmBackbone('mobilenetv3_small_050'),  # depthwise, hard-sigmoid gates
+        'timm_mobilenetv2': lambda: TimmBackbone('mobilenetv2_050'),          # fused BatchNormAct2d, ReLU6
+        'timm_efficientnet': lambda: TimmBackbone('tinynet_e'),               # EfficientNet: BatchNormAct2d, SiLU, SE
     }
 
 
@@ -36,9 +38,12 @@ def _perturbed(backbone: nn.Module) -> nn.Module:
 
 
 def _outputs_and_gradients(backbone, images, visible, sparse):
+    """Outputs and parameter gradients of a fixed weighted sum; ``sparse=None``: the plain dense backbone."""
     backbone.zero_grad()
-    maps = encode_masked(backbone, images, visible, sparse=sparse)
-    dense = [feature_map.to_dense() for feature_map in maps]
+    if sparse is None:
+        dense = list(backbone(images))
+    else:
+        dense = [feature_map.to_dense() for feature_map in encode_masked(backbone, images, visible, sparse=sparse)]
     weights = [torch.linspace(-1, 1, d.numel(), dtype=d.dtype).reshape(d.shape) for d in dense]
     sum((d * w).sum() for d, w in zip(dense, weights)).backward()
     return [d.detach() for d in dense], [p.grad for p in backbone.parameters() if p.grad is not None]
@@ -64,18 +69,61 @@ def test_sparse_and_dense_masked_paths_agree(name, mask_kind):
     dense_out, dense_grad = _outputs_and_gradients(backbone, images, visible, False)
     for a, b in zip(sparse_out, dense_out):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+    # Absolute tolerance on purpose: gradients that are zero in exact arithmetic (MobileNetV2/EfficientNet bn3
+    # biases feeding only training-mode batch norms, which remove any constant shift) are ~1e-14 rounding noise
+    # in both paths, so their relative difference is meaningless.
     for a, b in zip(sparse_grad, dense_grad):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)   # few-site batch norm amplifies rounding
 
 
-@pytest.mark.parametrize('name', ['resnet50_stem', 'timm_convnextv2'])
+@pytest.mark.parametrize('name', ['resnet50_stem', 'timm_convnextv2', 'timm_mobilenetv2', 'timm_efficientnet'])
 def test_all_visible_sparse_encoder_equals_the_dense_backbone(name):
     backbone = _perturbed(_backbones()[name]())
     images = torch.randn(2, 3, 64, 64, dtype=torch.float64)
-    expected = backbone(images)
-    maps = encode_masked(backbone, images, torch.ones(2, 2, 2, dtype=torch.bool), sparse=True)
-    for feature_map, dense in zip(maps, expected):
-        torch.testing.assert_close(feature_map.to_dense(), dense, rtol=1e-9, atol=1e-9)
+    all_visible = torch.ones(2, 2, 2, dtype=torch.bool)
+    expected, expected_grad = _outputs_and_gradients(backbone, images, all_visible, None)
+    outputs, gradients = _outputs_and_gradients(backbone, images, all_visible, True)
+    for a, b in zip(outputs, expected):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+    for a, b in zip(gradients, expected_grad):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize('act', ['silu', 'relu6', None])
+@pytest.mark.parametrize('training', [True, False])
+def test_fused_batch_norm_act_uses_visible_site_statistics(act, training):
+    """timm's BatchNormAct2d (MobileNetV2, EfficientNet) against SparK's masked batch norm written out by hand."""
+    from timm.layers import BatchNormAct2d
+
+    torch.manual_seed(0)
+    norm = BatchNormAct2d(5, act_layer=act, apply_act=act is not None).double().train(training)
+    with torch.no_grad():
+        for tensor in (norm.weight, norm.bias, norm.running_mean):
+            tensor.normal_()
+        norm.running_var.uniform_(0.5, 2.0)
+    patches = torch.tensor([[[True, False], [False, True]], [[True, True], [False, False]]])
+    images = torch.randn(2, 5, 4, 4, dtype=torch.float64)
+    loss_weights = torch.randn(2, 4, 4, 5, dtype=torch.float64)
+    visible = MaskPyramid(patches).mask(4, 4)
+    rows = images.permute(0, 2, 3, 1)[visible]                   # statistics over the visible sites only
+    mean, var = (rows.mean(0), rows.var(0, unbiased=False)) if training else (norm.running_mean, norm.running_var)
+    weight = norm.weight.detach().clone().requires_grad_()
+    bias = norm.bias.detach().clone().requires_grad_()
+    expected = (rows - mean) / (var + norm.eps).sqrt() * weight + bias
+    expected = {'silu': F.silu, 'relu6': F.relu6, None: lambda t: t}[act](expected)
+    (expected * loss_weights[visible]).sum().backward()
+    running = (norm.running_mean.clone(), norm.running_var.clone())
+    for sparse in (True, False):
+        norm.zero_grad()
+        output = encode_masked(norm, images, patches, sparse)[0].to_dense().permute(0, 2, 3, 1)
+        (output * loss_weights).sum().backward()
+        torch.testing.assert_close(output[visible], expected.detach(), rtol=1e-12, atol=1e-12)
+        assert not output[~visible].any()
+        torch.testing.assert_close(norm.weight.grad, weight.grad, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(norm.bias.grad, bias.grad, rtol=1e-12, atol=1e-12)
+        with torch.no_grad():
+            norm.running_mean.copy_(running[0])
+            norm.running_var.copy_(running[1])
 
 
 def test_masked_sites_do_not_influence_visible_outputs():

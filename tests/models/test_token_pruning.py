@@ -301,6 +301,58 @@ def test_bad_input_raises_clear_errors():
         model.load_dense_weights(timm.create_model('vit_tiny_patch16_224', pretrained=False).state_dict())
 
 
+@pytest.mark.parametrize('r', [-3, 2.5, True, 'eight', [2, -1], (1, 2.5)])
+def test_tome_refuses_merge_counts_that_are_not_integers_from_zero(r):
+    with pytest.raises(ValueError, match=r'ToMeRouter: r \(tokens merged per block\) must be an integer >= 0'):
+        ToMeRouter(r=r)   # at construction, before any model is bound
+
+
+def test_tome_r_zero_merges_nothing_and_integer_schedules_are_kept():
+    assert ToMeRouter(r=0).r == 0 and not tiny_model('tome', r=0).router.reduces
+    assert ToMeRouter(r=[2, 0, 1, 0]).r == (2, 0, 1, 0)
+
+
+@pytest.mark.parametrize('router, arguments, name', [
+    (EViTRouter, dict(keep_rate=True), 'keep_rate'),
+    (EViTRouter, dict(keep_rate='0.7'), 'keep_rate'),
+    (EViTRouter, dict(keep_mass=0.0), 'keep_mass'),
+    (EViTRouter, dict(keep_mass=True), 'keep_mass'),
+    (DynamicViTRouter, dict(keep_rate=0.0), 'keep_rate'),
+    (DynamicViTRouter, dict(keep_rate=float('nan')), 'keep_rate'),
+    (SpAttenRouter, dict(keep_rate=1.5), 'keep_rate'),
+    (SpAttenRouter, dict(head_keep_rate=0.0), 'head_keep_rate'),
+    (SpAttenRouter, dict(head_keep_rate=-0.5), 'head_keep_rate'),
+])
+def test_keep_rates_outside_zero_one_are_refused_by_name(router, arguments, name):
+    with pytest.raises(ValueError, match=rf'^{name} must lie in \(0, 1\]'):
+        router(**arguments)
+
+
+@pytest.mark.parametrize('router, arguments, name', [
+    (EViTRouter, dict(locations=(3.5, 6)), 'locations'),
+    (DynamicViTRouter, dict(locations=3), 'locations'),
+    (SpAttenRouter, dict(head_locations=(True,)), 'head_locations'),
+])
+def test_block_locations_must_be_integers(router, arguments, name):
+    with pytest.raises(ValueError, match=f'^{name} must'):
+        router(**arguments)
+
+
+def test_from_timm_loads_pretrained_weights_from_a_local_file(tmp_path):
+    torch.manual_seed(3)
+    weights = timm.create_model('test_vit').state_dict()
+    path = tmp_path / 'test_vit.pth'
+    torch.save(weights, path)
+    model = from_timm('test_vit', 'evit', pretrained=True, pretrained_cfg_overlay=dict(file=str(path)),
+                      keep_rate=0.7, locations=(1,))
+    loaded = model.state_dict()
+    assert all(torch.equal(loaded[key], value) for key, value in weights.items())
+    again = from_timm('test_vit', 'tome', checkpoint_path=str(path), r=2)
+    assert torch.equal(again.pos_embed, weights['pos_embed'])
+    with pytest.raises(ValueError, match='pretrained, pretrained_cfg_overlay apply to timm model names'):
+        from_timm(timm.create_model('test_vit'), 'evit', pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+
+
 def test_dense_weights_load_with_only_router_parameters_missing():
     dense = MODELS.build(dict(type='VisionTransformer', **TINY))
     model = tiny_model('dynamicvit')

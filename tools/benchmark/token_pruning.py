@@ -5,8 +5,8 @@ Peer: timm ``vit_small_patch16_224`` (random init, seed 0). Ours: ``from_timm`` 
 blocks 3, 6 and 9, and ToMe merging r = 8 and 13 tokens per block. Inference: eval, ``torch.no_grad``,
 float32, the same random images for every model, batch sizes 1, 8 and 32.
 
-On CPU our copies run with :func:`~sparsevision.models.layers.pack_linear_layers` (oneDNN weights packed once;
-``--no-pack`` turns it off). To keep the two gains apart, each round also times the dense model with packed
+On CPU our copies run packed, as ``from_timm`` builds them by default (``pack_linear_layers``: oneDNN weights
+packed once; ``--no-pack`` turns it off). To keep the two gains apart, each round also times the dense model with packed
 linears: ``vs packed dense`` is the speed-up from token reduction alone, ``ratio`` the one against stock timm.
 
 Per batch size, each round times the dense model and every pruned copy once (best of ``repetitions``), in an
@@ -79,7 +79,7 @@ def build_variants(dense: nn.Module, quick: bool, pack: bool) -> List[Variant]:
     settings += [(f'tome r={r}', 'tome', dict(r=r)) for r in tome_r]
     variants = []
     for label, method, arguments in settings:
-        model = from_timm(dense, method, **arguments).eval()
+        model = from_timm(dense, method, pack_linear=False, **arguments).eval()
         macs = vit_macs(model)
         timed = pack_linear_layers(copy.deepcopy(model)) if pack else model
         variants.append(Variant(label, method, timed, model, macs['total'] / 1e9,

@@ -4,11 +4,18 @@ MKL's ``sgemm`` (what ``F.linear`` calls on CPU) repacks the weight on every cal
 short token counts of pruned ViTs: 72-140 rows of ``vit_small`` run at 160-185 GFLOP/s on the 2-core
 reference machine, against 210-220 GFLOP/s with a weight packed once for oneDNN. :func:`pack_linear_layers`
 swaps a model's ``nn.Linear`` modules for :class:`PackedLinear`, which shares their parameters (state_dicts are
-unchanged) and uses the packed copy only where it cannot change the meaning of the call: CPU, float32, no
-autograd. The packed copy is rebuilt whenever the weight changes. In timm ``Mlp`` blocks the GELU after
-``fc1`` moves into ``fc1`` (oneDNN applies it as the GEMM writes its output; ``act`` becomes ``nn.Identity``).
-Results differ from ``F.linear`` by rounding only (a different summation order), are bitwise identical run to
-run and at 1 or 2 threads, and everything else (training, other dtypes and devices) runs ``F.linear`` unchanged.
+unchanged) and uses the packed copy only where it cannot change the meaning of the call: eval mode, CPU, float32,
+no autograd (``torch.no_grad`` or ``torch.inference_mode``), not inside ``torch.compile``/``torch.export`` or
+``torch.jit.trace`` (they see ``F.linear``). In timm ``Mlp`` blocks the GELU after ``fc1`` moves into ``fc1``
+(oneDNN applies it as the GEMM writes its output; ``act`` becomes ``nn.Identity``). Results differ from
+``F.linear`` by rounding only (a different summation order), are bitwise identical run to run and at 1 or 2
+threads, and everything else (training, other dtypes and devices) runs ``F.linear`` unchanged.
+
+The packed copy (one more copy of the weight) is made on first use and remade whenever the weight changes: an
+in-place update (optimizer step, ``load_state_dict``, EMA) bumps the weight's version counter, and a new tensor
+has a new address (the old one is held until then, so no other tensor can take its address). Only a change
+through ``weight.data`` escapes both; ``train()``, ``eval()`` and ``to()`` drop every packed copy, so call
+``model.eval()`` after changing weights that way.
 """
 from typing import Optional
 
@@ -58,16 +65,31 @@ class PackedLinear(nn.Linear):
         return super().extra_repr() + ('' if self.gelu is None else f', gelu={self.gelu!r}')
 
     def uses_packed_weight(self, x: torch.Tensor) -> bool:
-        return (not torch.is_grad_enabled() and x.device.type == 'cpu' and x.dtype == torch.float32
-                and self.weight.dtype == torch.float32 and x.dim() >= 2 and x.numel() > 0)
+        """Whether this call multiplies with the packed weight (see the module docstring for when)."""
+        weight = self.weight
+        return (not self.training and not torch.is_grad_enabled() and x.device.type == 'cpu'
+                and x.dtype == torch.float32 and weight.dtype == torch.float32 and x.dim() >= 2 and x.numel() > 0
+                and not torch.is_inference(weight)   # inference tensors have no version counter to follow
+                and not torch.jit.is_tracing() and not torch.compiler.is_compiling())
 
     def packed_weight(self) -> torch.Tensor:
-        key = (self.weight.data_ptr(), self.weight._version, tuple(self.weight.shape))
+        """The oneDNN copy of the current weight, repacked when the weight changed since the last call."""
+        weight = self.weight
+        key = (weight.data_ptr(), weight._version, tuple(weight.shape), weight.stride())
         cached = self.__dict__.get('_packed')
         if cached is None or cached[0] != key:
-            cached = (key, torch.ops.mkldnn._reorder_linear_weight(self.weight.detach()))
+            # the detached alias keeps the packed storage alive, so no new weight can reuse its address
+            cached = (key, weight.detach(), torch.ops.mkldnn._reorder_linear_weight(weight.detach()))
             self.__dict__['_packed'] = cached
-        return cached[1]
+        return cached[2]
+
+    def train(self, mode: bool = True) -> 'PackedLinear':
+        self.__dict__.pop('_packed', None)
+        return super().train(mode)
+
+    def _apply(self, fn, recurse=True):
+        self.__dict__.pop('_packed', None)   # a device or dtype move: the old copy would only hold memory
+        return super()._apply(fn, recurse)
 
     def __getstate__(self):
         state = super().__getstate__()

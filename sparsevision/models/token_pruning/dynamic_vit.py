@@ -60,6 +60,10 @@ class DynamicViTRouter(TokenRouter):
         self.ratio_weight = ratio_weight
         self.predictors = nn.ModuleList()
 
+    @property
+    def reduces(self) -> bool:
+        return bool(self.locations) and self.keep_rate < 1
+
     def bind(self, depth: int, embed_dim: int, num_prefix: int, num_patches: int) -> None:
         super().bind(depth, embed_dim, num_prefix, num_patches)
         self.num_patches = num_patches
@@ -88,5 +92,6 @@ class DynamicViTRouter(TokenRouter):
     def losses(self, state: TokenState) -> Dict[str, torch.Tensor]:
         if not state.keep_ratios:
             return {}
-        errors = [(ratio - self.keep_rate ** (stage + 1)).pow(2).mean() for stage, ratio in enumerate(state.keep_ratios)]
+        errors = [(ratio - self.keep_rate ** (stage + 1)).pow(2).mean()
+                  for stage, ratio in enumerate(state.keep_ratios)]
         return {'loss_keep_ratio': self.ratio_weight * torch.stack(errors).mean()}

@@ -31,10 +31,12 @@ class EViTRouter(TokenRouter):
                  keep_mass: Optional[float] = None):
         super().__init__(locations)
         self.keep_rate = check_keep_rate(keep_rate)
-        if keep_mass is not None and not 0 < keep_mass <= 1:
-            raise ValueError(f'keep_mass must lie in (0, 1], got {keep_mass}')
-        self.keep_mass = keep_mass
+        self.keep_mass = None if keep_mass is None else check_keep_rate(keep_mass, 'keep_mass')
         self.fuse_inattentive = fuse_inattentive
+
+    @property
+    def reduces(self) -> bool:
+        return any(self.prunes(index) for index in self.locations)
 
     def prunes(self, index: int) -> bool:
         return index in self.locations and (self.keep_rate < 1 or self.keep_mass is not None)

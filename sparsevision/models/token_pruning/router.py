@@ -1,6 +1,7 @@
 """The interface every token-reduction method implements, and the block that drives it."""
 import math
-from typing import Dict, Sequence
+import numbers
+from typing import Dict, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -9,10 +10,21 @@ from .attention import AttentionResult, attend
 from .state import TokenState
 
 
-def check_keep_rate(keep_rate: float) -> float:
-    if not 0 < keep_rate <= 1:
-        raise ValueError(f'keep_rate must lie in (0, 1], got {keep_rate}')
+def check_keep_rate(keep_rate: float, name: str = 'keep_rate') -> float:
+    """``keep_rate`` as a float; a ValueError naming the argument ``name`` unless it is a number in (0, 1]."""
+    if isinstance(keep_rate, bool) or not isinstance(keep_rate, numbers.Real) or not 0 < keep_rate <= 1:
+        raise ValueError(f'{name} must lie in (0, 1] (a fraction kept), got {keep_rate!r}')
     return float(keep_rate)
+
+
+def check_block_indices(indices: Sequence[int], name: str) -> Tuple[int, ...]:
+    """``indices`` as a tuple of ints; a ValueError naming the argument ``name`` for anything but integers."""
+    if isinstance(indices, (str, bytes)) or not hasattr(indices, '__iter__'):
+        raise ValueError(f'{name} must be a sequence of block indices, got {indices!r}')
+    wrong = [index for index in indices if isinstance(index, bool) or not isinstance(index, numbers.Integral)]
+    if wrong:
+        raise ValueError(f'{name} must hold integer block indices, got {wrong} in {indices!r}')
+    return tuple(int(index) for index in indices)
 
 
 def kept_count(keep_rate: float, candidates: int) -> int:
@@ -35,13 +47,18 @@ class TokenRouter(nn.Module):
 
     def __init__(self, locations: Sequence[int] = ()):
         super().__init__()
-        self.locations = tuple(int(index) for index in locations)
+        self.locations = check_block_indices(locations, 'locations')
 
     def bind(self, depth: int, embed_dim: int, num_prefix: int, num_patches: int) -> None:
         """Check the schedule against the model (and create parameters that depend on it)."""
         outside = [index for index in self.locations if not 0 <= index < depth]
         if outside:
             raise ValueError(f'{type(self).__name__}: locations {outside} are not blocks of a {depth}-block model')
+
+    @property
+    def reduces(self) -> bool:
+        """Whether inference changes anything (``False``: the model computes timm's dense ViT, bitwise)."""
+        return bool(self.locations)
 
     def start(self, state: TokenState, x: torch.Tensor) -> None:
         """Initialise per-forward state (sizes, importance) for input tokens ``x``."""

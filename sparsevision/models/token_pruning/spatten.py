@@ -6,7 +6,7 @@ import torch
 from ... import ops
 from ...registry import MODELS
 from .attention import AttentionResult
-from .router import TokenRouter, check_keep_rate, kept_count
+from .router import TokenRouter, check_block_indices, check_keep_rate, kept_count
 from .state import TokenState
 
 
@@ -36,10 +36,15 @@ class SpAttenRouter(TokenRouter):
                  head_locations: Optional[Sequence[int]] = None):
         super().__init__(locations)
         self.keep_rate = check_keep_rate(keep_rate)
-        self.head_keep_rate = check_keep_rate(head_keep_rate)
-        self.head_locations = tuple(int(i) for i in (locations if head_locations is None else head_locations))
+        self.head_keep_rate = check_keep_rate(head_keep_rate, 'head_keep_rate')
+        self.head_locations = (self.locations if head_locations is None
+                               else check_block_indices(head_locations, 'head_locations'))
         self.prunes_tokens = bool(self.locations) and self.keep_rate < 1
         self.prunes_heads = bool(self.head_locations) and self.head_keep_rate < 1
+
+    @property
+    def reduces(self) -> bool:
+        return self.prunes_tokens or self.prunes_heads
 
     def bind(self, depth: int, embed_dim: int, num_prefix: int, num_patches: int) -> None:
         super().bind(depth, embed_dim, num_prefix, num_patches)

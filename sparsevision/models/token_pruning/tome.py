@@ -1,5 +1,6 @@
 """ToMe: merge the most similar tokens by bipartite soft matching, tracking how many patches each holds."""
-from typing import Dict, Sequence, Union
+import numbers
+from typing import Dict, Sequence, Tuple, Union
 
 import torch
 
@@ -20,7 +21,7 @@ class ToMeRouter(TokenRouter):
     key's logit gets ``+log(size)``, which keeps fused attention (SDPA with an additive mask).
 
     Args:
-        r: tokens merged per block: one int for every block, or one per block.
+        r: tokens merged per block, an integer >= 0 (0: no merging): one for every block, or one per block.
         proportional_attention: add ``log(size)`` to the attention logits.
     """
 
@@ -28,17 +29,17 @@ class ToMeRouter(TokenRouter):
 
     def __init__(self, r: Union[int, Sequence[int]] = 8, proportional_attention: bool = True):
         super().__init__()
-        self.r = r
+        self.r = check_merge_counts(r)
         self.proportional_attention = proportional_attention
         self.schedule = ()
 
     def bind(self, depth: int, embed_dim: int, num_prefix: int, num_patches: int) -> None:
-        schedule = [self.r] * depth if isinstance(self.r, int) else [int(value) for value in self.r]
+        schedule = [self.r] * depth if isinstance(self.r, int) else list(self.r)
         if len(schedule) != depth:
             raise ValueError(f'ToMeRouter: r has {len(schedule)} values but the model has {depth} blocks')
         tokens = num_patches
         for index, merged in enumerate(schedule):
-            if merged < 0 or merged > tokens // 2:
+            if merged > tokens // 2:
                 raise ValueError(f'ToMeRouter: r={merged} at block {index} is more than half of the {tokens} '
                                  'mergeable tokens there; lower r')
             tokens -= merged
@@ -59,6 +60,16 @@ class ToMeRouter(TokenRouter):
             return x
         slots, num_slots = bipartite_merge_slots(attention.keys, state.num_prefix, merged)
         return state.merge_rows(x, slots, num_slots)
+
+
+def check_merge_counts(r) -> Union[int, Tuple[int, ...]]:
+    """``r`` as an int or a tuple of ints; a ValueError naming ``r`` unless every count is an integer >= 0."""
+    per_block = hasattr(r, '__iter__') and not isinstance(r, (str, bytes))
+    counts = list(r) if per_block else [r]
+    if any(isinstance(count, bool) or not isinstance(count, numbers.Integral) or count < 0 for count in counts):
+        raise ValueError(f'ToMeRouter: r (tokens merged per block) must be an integer >= 0 (0: no merging), or '
+                         f'one such integer per block; got {r!r}')
+    return tuple(int(count) for count in counts) if per_block else int(r)
 
 
 def bipartite_merge_slots(keys: torch.Tensor, num_prefix: int, merged: int):

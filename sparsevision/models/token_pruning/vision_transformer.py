@@ -11,12 +11,14 @@ from torch import nn
 
 from ...registry import MODELS
 from ..backbones.vision_transformer import VisionTransformer
+from ..layers.packed_linear import pack_linear_layers, packed_linear_available
 from .router import TokenRouter, run_block
 from .state import TokenState
 
 SUPPORTED = ('timm VisionTransformer models built from timm Block + Attention: ViT, DeiT (also distilled), '
              'DeiT III / LayerScale, qk-norm and register-token variants, with class-token or average pooling')
-METHOD_NAMES = {'evit': 'EViTRouter', 'dynamicvit': 'DynamicViTRouter', 'tome': 'ToMeRouter', 'spatten': 'SpAttenRouter'}
+METHOD_NAMES = {'evit': 'EViTRouter', 'dynamicvit': 'DynamicViTRouter', 'tome': 'ToMeRouter',
+                'spatten': 'SpAttenRouter'}
 OUT_TYPES = ('logits', 'featmap')
 
 
@@ -31,7 +33,9 @@ class TokenPruningMixin:
     router: TokenRouter
     out_type: str
 
-    def attach_router(self, method: Union[dict, TokenRouter], out_type: str = 'logits') -> None:
+    def attach_router(self, method: Union[dict, TokenRouter], out_type: str = 'logits',
+                      pack_linear: Optional[bool] = None) -> None:
+        """Route this model's tokens with ``method`` (see :class:`TokenPruningViT` for the arguments)."""
         check_supported(self)
         if out_type not in OUT_TYPES:
             raise ValueError(f'out_type must be one of {OUT_TYPES}, got {out_type!r}')
@@ -43,6 +47,8 @@ class TokenPruningMixin:
                     num_patches=self.patch_embed.num_patches)
         self.router = router
         self.out_type = out_type
+        if (router.reduces if pack_linear is None else pack_linear) and packed_linear_available():
+            pack_linear_layers(self)
 
     def forward_tokens(self, images: torch.Tensor) -> Tuple[torch.Tensor, TokenState]:
         """Final-norm tokens ``[B, N', C]`` and the routing state of this forward."""
@@ -61,7 +67,8 @@ class TokenPruningMixin:
 
     def forward_features(self, x: torch.Tensor, attn_mask=None, is_causal: bool = False) -> torch.Tensor:
         if attn_mask is not None or is_causal:
-            raise ValueError('token-pruning ViTs build their own attention masks; attn_mask/is_causal are not supported')
+            raise ValueError('token-pruning ViTs build their own attention masks; attn_mask/is_causal are not '
+                             'supported')
         return self.forward_tokens(x)[0]
 
     def forward_with_state(self, images: torch.Tensor):
@@ -75,7 +82,8 @@ class TokenPruningMixin:
 
     def forward(self, images: torch.Tensor, attn_mask=None, is_causal: bool = False) -> torch.Tensor:
         if attn_mask is not None or is_causal:
-            raise ValueError('token-pruning ViTs build their own attention masks; attn_mask/is_causal are not supported')
+            raise ValueError('token-pruning ViTs build their own attention masks; attn_mask/is_causal are not '
+                             'supported')
         return self.forward_with_state(images)[0]
 
     def head_output(self, tokens: torch.Tensor, state: TokenState) -> torch.Tensor:
@@ -122,12 +130,17 @@ class TokenPruningViT(TokenPruningMixin, VisionTransformer):
     Args:
         method: router config, e.g. ``dict(type='EViTRouter', keep_rate=0.7, locations=(3, 6, 9))``.
         out_type: ``'logits'`` (timm's output) or ``'featmap'`` (recovered ``[B, C, H, W]`` patch grid).
+        pack_linear: run the linear layers with oneDNN-packed weights in CPU float32 inference (eval mode, no
+            autograd; :func:`~sparsevision.models.layers.pack_linear_layers`): faster, outputs within float32
+            rounding of the plain layers, training unchanged. ``None`` (default): pack when the router reduces
+            tokens at inference, so that with pruning off the model stays timm's, bitwise. Ignored without oneDNN.
         **kwargs: timm ``VisionTransformer`` arguments (``img_size``, ``patch_size``, ``embed_dim``, ...).
     """
 
-    def __init__(self, method: Optional[dict] = None, out_type: str = 'logits', **kwargs):
+    def __init__(self, method: Optional[dict] = None, out_type: str = 'logits', pack_linear: Optional[bool] = None,
+                 **kwargs):
         super().__init__(**kwargs)
-        self.attach_router(method or dict(type='EViTRouter'), out_type)
+        self.attach_router(method or dict(type='EViTRouter'), out_type, pack_linear)
 
 
 _PRUNING_CLASSES: Dict[type, type] = {}
@@ -148,7 +161,8 @@ def check_supported(model: nn.Module) -> None:
     if not isinstance(model, TimmVisionTransformer):
         problem = f'{type(model).__name__} is not a timm VisionTransformer'
     elif any(type(block) is not Block or not isinstance(block.attn, Attention) for block in model.blocks):
-        kinds = sorted({f'{type(block).__name__}/{type(getattr(block, "attn", None)).__name__}' for block in model.blocks})
+        kinds = sorted({f'{type(block).__name__}/{type(getattr(block, "attn", None)).__name__}'
+                        for block in model.blocks})
         problem = f'its blocks are {kinds}, not timm Block/Attention'
     elif getattr(model.patch_embed, 'dynamic_img_size', False):
         problem = 'dynamic_img_size is not supported'
@@ -158,26 +172,40 @@ def check_supported(model: nn.Module) -> None:
         raise ValueError(f'cannot prune tokens of this model: {problem}. Supported: {SUPPORTED}.')
 
 
-def from_timm(model: Union[str, nn.Module], method: Union[str, dict] = 'evit', out_type: str = 'logits',
-              **router_args) -> nn.Module:
+def from_timm(model: Union[str, nn.Module], method: Union[str, dict] = 'evit', out_type: str = 'logits', *,
+              pretrained: bool = False, pretrained_cfg_overlay: Optional[dict] = None,
+              checkpoint_path: Optional[str] = None, pack_linear: Optional[bool] = None, **router_args) -> nn.Module:
     """A token-pruning copy of a timm ViT (weights shared by value, the original untouched).
 
     Args:
-        model: a timm model, or a timm model name (built without pretrained weights: none can be downloaded
-            here; load a state_dict afterwards).
+        model: a timm model, or a timm model name.
         method: ``'evit'``, ``'dynamicvit'``, ``'tome'``, ``'spatten'``, a router class name, or a router config.
         out_type: ``'logits'`` or ``'featmap'``.
+        pretrained, pretrained_cfg_overlay, checkpoint_path: passed to ``timm.create_model`` with a model name:
+            ``pretrained=True`` loads timm's weights (downloaded, or from a local file with
+            ``pretrained_cfg_overlay=dict(file=PATH)``); ``checkpoint_path`` loads a checkpoint after building.
+        pack_linear: oneDNN-packed linear layers for CPU float32 inference; ``None`` (default): when the router
+            reduces tokens (see :class:`TokenPruningViT`).
         **router_args: router arguments (``keep_rate``, ``locations``, ``r``, ...).
 
+    Raises:
+        ValueError: timm loading options given with a model instance (load its weights before calling this).
+
     Example:
-        >>> model = from_timm('deit_small_patch16_224', 'evit', keep_rate=0.7)
+        >>> model = from_timm('deit_small_patch16_224', 'evit', pretrained=True, keep_rate=0.7)
     """
+    timm_args = dict(pretrained=pretrained, pretrained_cfg_overlay=pretrained_cfg_overlay,
+                     checkpoint_path=checkpoint_path)
     if isinstance(model, str):
-        model = timm.create_model(model, pretrained=False)
+        model = timm.create_model(model, **timm_args)
+    elif any(timm_args.values()):
+        given = sorted(name for name, value in timm_args.items() if value)
+        raise ValueError(f'{", ".join(given)} apply to timm model names; this {type(model).__name__} is already '
+                         'built: load its weights first, or pass its timm name instead')
     check_supported(model)
     if isinstance(method, str):
         method = dict(type=METHOD_NAMES.get(method.lower(), method))
     pruned = copy.deepcopy(model)
     pruned.__class__ = pruning_class(type(model))
-    pruned.attach_router(dict(method, **router_args), out_type)
+    pruned.attach_router(dict(method, **router_args), out_type, pack_linear)
     return pruned
