@@ -1,9 +1,18 @@
-"""Classify images with a zoo model and draw the predictions."""
+"""Classify images with a zoo model and draw the predictions.
+
+Image files are read as :class:`~sparsevision.datasets.transforms.LoadImageFromFile` reads them, with two
+limits so that memory follows the model's input, not the file: a file of more than :data:`MAX_IMAGE_PIXELS`
+pixels is refused (from its header, before it is decoded), and one longer than :data:`LARGE_IMAGE_SIDE` pixels on
+a side is area-reduced (``cv2.INTER_AREA`` on its 8-bit pixels, aspect kept) to a longer side of
+:data:`LARGE_IMAGE_SIDE` before it becomes float32. Pictures show images reduced to at most
+:data:`DISPLAY_SIDE` pixels a side.
+"""
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
-from typing import List, Optional, Sequence, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
@@ -18,6 +27,9 @@ from .model_kinds import IMAGE_CLASSIFIER, check_model_kind
 
 ImageInput = Union[str, Path, np.ndarray]
 SAMPLE_PHOTOS = ('astronaut', 'coffee', 'chelsea', 'rocket')   # bundled with scikit-image (skimage.data)
+MAX_IMAGE_PIXELS = 2**27   # image files with more pixels (134 million: 11585 x 11585) are refused
+LARGE_IMAGE_SIDE = 4096   # image files with a longer side are area-reduced to this side as they are read
+DISPLAY_SIDE = 512   # pictures draw images reduced to at most this many pixels a side
 
 
 class ImageClassificationInferencer:
@@ -46,10 +58,31 @@ class ImageClassificationInferencer:
         self.input_size = next((transform.size for transform in self.pipeline.transforms
                                 if isinstance(transform, ResizeImage)), None)
 
+    def read_file(self, path: Union[str, Path]) -> np.ndarray:
+        """An image file as this model's float32 input in [0, 1], read as the module docstring says: refused
+        beyond :data:`MAX_IMAGE_PIXELS`, area-reduced beyond :data:`LARGE_IMAGE_SIDE`, else as
+        ``LoadImageFromFile`` reads it.
+
+        Raises:
+            FileNotFoundError: if ``path`` does not exist.
+            ValueError: for a file that is too large or cannot be decoded.
+        """
+        size = image_size(path)
+        if size is None or max(size) <= LARGE_IMAGE_SIDE:
+            return self.load(dict(img_path=str(path)))['img']
+        grayscale = self.channels == 1
+        pixels = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE if grayscale else cv2.IMREAD_COLOR)
+        if pixels is None:
+            raise ValueError(f'could not decode {path} as an image (is it a PNG/JPEG/BMP file?)')
+        pixels = fit_within(pixels, LARGE_IMAGE_SIDE)
+        if not grayscale:
+            pixels = cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)
+        return pixels.astype(np.float32) / np.float32(np.iinfo(pixels.dtype).max)
+
     def _prepare(self, image: ImageInput) -> dict:
         if isinstance(image, np.ndarray):
             return self.pipeline(dict(img=image.astype(np.float32)))
-        return self.pipeline(self.load(dict(img_path=str(image))))
+        return self.pipeline(dict(img_path=str(image), img=self.read_file(image)))
 
     def prepare(self, images: Sequence[ImageInput]) -> List[dict]:
         """Each image through the test pipeline: ``inputs`` (``[C, H, W]``, pixels in [0, 1]) and ``data_samples``."""
@@ -88,7 +121,7 @@ class ImageClassificationInferencer:
             axis.axis('off')
         for index, (image, prediction) in enumerate(zip(images, predictions)):
             axis = axes.flat[index]
-            pixels = image if isinstance(image, np.ndarray) else self.load(dict(img_path=str(image)))['img']
+            pixels = fit_within(image if isinstance(image, np.ndarray) else self.read_file(image), DISPLAY_SIDE)
             axis.imshow(pixels, cmap='gray' if pixels.ndim == 2 else None, vmin=0, vmax=1)
             title = f'{prediction["pred_class"]} ({prediction["pred_score"]:.2f})'
             axis.set_title(title if titles is None else f'{titles[index]}\n{title}', fontsize=9)
@@ -110,6 +143,46 @@ def sample_photo(name: str, channels: int = 3, size: Optional[Sequence[int]] = N
     if size is not None:
         photo = fit_to_size(photo, size)
     return photo.astype(np.float32) / np.float32(255)
+
+
+def image_size(path: Union[str, Path]) -> Optional[Tuple[int, int]]:
+    """``(width, height)`` from an image file's header (nothing is decoded), or ``None`` when PIL cannot read it
+    (OpenCV then decides whether it is an image).
+
+    Raises:
+        ValueError: for an image of more than :data:`MAX_IMAGE_PIXELS` pixels.
+    """
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', Image.DecompressionBombWarning)
+        try:
+            with Image.open(path) as image:
+                width, height = image.size
+        except Image.DecompressionBombError:   # PIL's own limit, above ours
+            raise ValueError(too_large(path, f'over {2 * Image.MAX_IMAGE_PIXELS:,}')) from None
+        except (OSError, SyntaxError, ValueError):   # not an image PIL knows
+            return None
+    if width * height > MAX_IMAGE_PIXELS:
+        raise ValueError(too_large(path, f'{width} x {height} = {width * height:,}'))
+    return width, height
+
+
+def too_large(path: Union[str, Path], pixels: str) -> str:
+    """The message refusing an image file of ``pixels`` pixels."""
+    return (f'{path} has {pixels} pixels, more than the {MAX_IMAGE_PIXELS:,} an image file may have here; '
+            'reduce it first (e.g. cv2.resize with interpolation=cv2.INTER_AREA)')
+
+
+def fit_within(image: np.ndarray, side: int) -> np.ndarray:
+    """``image`` area-reduced (``cv2.INTER_AREA``, aspect kept) so its longer side is ``side``; as it is when
+    it already fits."""
+    height, width = image.shape[:2]
+    if max(height, width) <= side:
+        return image
+    scale = side / max(height, width)
+    return cv2.resize(image, (max(1, round(width * scale)), max(1, round(height * scale))),
+                      interpolation=cv2.INTER_AREA)
 
 
 def fit_to_size(image: np.ndarray, size: Sequence[int]) -> np.ndarray:

@@ -17,6 +17,7 @@ from .image_classification import save_atomically
 from .model_kinds import POINT_CLOUD_MODEL, SHAPE_CLASSIFIER, check_model_kind, model_name
 
 RANGE_FILTERS = ('PointsRangeFilter', 'ObjectRangeFilter')
+MAX_DRAWN_POINTS = 500_000   # a bird's-eye view of a larger cloud draws a random subset of this many points
 # RGB per class index, reused for every segmentation model (ground, vehicle, pole, building, ...).
 CLASS_COLOURS = np.array([[0.55, 0.55, 0.55], [0.90, 0.20, 0.15], [0.15, 0.45, 0.90], [0.95, 0.70, 0.10],
                           [0.20, 0.70, 0.30], [0.60, 0.30, 0.80], [0.10, 0.75, 0.80], [0.85, 0.40, 0.65]])
@@ -114,6 +115,14 @@ def fit_into_unit_sphere(xyz: np.ndarray) -> np.ndarray:
     :class:`~sparsevision.datasets.ShapeClassificationDataset` fits its samples before voxelising them."""
     centred = xyz - xyz.mean(axis=0)
     return centred / max(np.linalg.norm(centred, axis=1).max() * 1.05, np.finfo(np.float32).tiny)
+
+
+def drawn_rows(num_points: int, limit: int = MAX_DRAWN_POINTS) -> Optional[np.ndarray]:
+    """The points a bird's-eye view draws: all of them (``None``) up to ``limit``, else the sorted rows of a random
+    subset of ``limit`` points, the same for every run (seed 0). A picture of 880 x 880 pixels shows no more."""
+    if num_points <= limit:
+        return None
+    return np.sort(np.random.default_rng(0).choice(num_points, limit, replace=False, shuffle=False))
 
 
 def draw_bird_eye_view(points: np.ndarray, point_labels: Optional[np.ndarray], boxes: Optional[np.ndarray],

@@ -18,6 +18,11 @@ what the router keeps for that input.
 model) is refused in one line that names the image classifiers and where the refused model runs instead.
 The PNG, JSON and token maps of a run are written as a whole or not at all (also when the run is interrupted);
 token maps of an earlier run that this run does not write are removed.
+
+Large images: a file with a side over 4096 pixels is area-reduced (cv2.INTER_AREA, aspect kept) to a longer side
+of 4096 as it is read, before it becomes float32 (the prediction is the one for the file reduced that way
+beforehand); one of more than 134 million pixels (2**27) is refused in one line, from its header, before it is
+decoded. The PNG draws images reduced to at most 512 pixels a side.
 """
 import argparse
 import sys

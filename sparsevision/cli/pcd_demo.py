@@ -20,16 +20,24 @@ goes into the title and the JSON. On a street or room scan it still names a shap
 Another model (an image, event-camera or masked-autoencoder model) is refused in one line that names the models
 this demo runs and where the refused model runs instead. The PNGs and JSON of a run are written as a whole or not
 at all (also when the run is interrupted).
+
+Large clouds: memory follows the voxels, plus at most about 150 bytes per input point (a 10-million-point .bin
+file peaks at 1.5 GiB with the default models, the process itself included), and every step prints a progress
+line. Clouds whose points would need more than the memory available are refused in one line before they are
+read. A cloud of more than 500,000 points is drawn as a random subset of 500,000 of them (said in the PNG's title
+and as drawn_points in the JSON); the JSON counts every point.
 """
 import argparse
 import json
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 DEMO_CLOUDS = Path(__file__).resolve().parent.parent / 'demo_data' / 'point_clouds'
 MOTORCYCLE = 'stereo_motorcycle'
 DEFAULT_MODELS = ('sparse_unet_lidar_scenes', 'centerpoint_second_lidar_scenes')
+BYTES_PER_POINT = 150   # memory the demo needs per input point beside the models' voxels (measured, rounded up)
 
 
 def parse_args(argv=None):
@@ -51,19 +59,51 @@ def parse_args(argv=None):
 
 
 def load_clouds(names, args):
-    """(title, points) per requested cloud; reads everything before any model runs."""
+    """(title, points) per requested cloud; checks that they fit in memory, then reads everything before any
+    model runs."""
     from ..apis.point_cloud import stereo_motorcycle_points
-    from ..datasets.point_cloud_io import read_points
+    from ..datasets.point_cloud_io import count_points, read_points
 
     options = {key: value for key, value in (('num_columns', args.columns), ('xyz_columns', args.xyz),
                                              ('feature_columns', args.features)) if value is not None}
+    check_memory({name: count_points(name, options.get('num_columns', 4)) for name in names if name != MOTORCYCLE})
     clouds = []
     for name in names:
+        start = time.perf_counter()
         if name == MOTORCYCLE:
             clouds.append((MOTORCYCLE, stereo_motorcycle_points()))
         else:
             clouds.append((Path(name).stem, read_points(name, **options)))
+        print(f'read {name}: {len(clouds[-1][1])} points, {time.perf_counter() - start:.1f} s', flush=True)
     return clouds
+
+
+def check_memory(point_counts: dict) -> None:
+    """Refuse files whose points (``{file: points}``) would need more than the memory available now.
+
+    Raises:
+        ValueError: naming the points, the memory they need (:data:`BYTES_PER_POINT` each) and what is available.
+    """
+    total = sum(point_counts.values())
+    available = available_memory()
+    if available is not None and total * BYTES_PER_POINT > available:
+        raise ValueError(f'{total:,} points in {", ".join(point_counts)} need about '
+                         f'{total * BYTES_PER_POINT / 2**30:.1f} GiB ({BYTES_PER_POINT} bytes a point) but '
+                         f'{available / 2**30:.1f} GiB of memory is available: subsample or crop the cloud first, '
+                         'or use a machine with more memory')
+
+
+def available_memory() -> Optional[int]:
+    """Bytes of memory available without swapping (Linux's ``MemAvailable``), or ``None`` where the system does
+    not say."""
+    try:
+        with open('/proc/meminfo') as meminfo:
+            for line in meminfo:
+                if line.startswith('MemAvailable:'):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def main(argv=None) -> int:
@@ -87,7 +127,7 @@ def predict(args):
     """
     from ..apis import output_set
     from ..apis.image_classification import write_json_atomically
-    from ..apis.point_cloud import PointCloudInferencer, draw_bird_eye_view
+    from ..apis.point_cloud import PointCloudInferencer, draw_bird_eye_view, drawn_rows
 
     models = args.model or list(DEFAULT_MODELS)
     checkpoints = args.checkpoint or ['zoo'] * len(models)
@@ -102,24 +142,39 @@ def predict(args):
         start = time.perf_counter()
         prediction, record, point_classes, captions = {}, dict(points=title, num_points=int(len(points))), (), []
         for inferencer in inferencers:
+            model_start = time.perf_counter()
             result = inferencer(points)
             prediction.update(result)
             record[inferencer.name] = summary = inferencer.describe(result)
             captions.append(caption(inferencer.name, summary))
             if 'point_labels' in result:
                 point_classes = inferencer.class_names
+            print(f'[{index + 1}/{len(clouds)}] {title}: {inferencer.name}, '
+                  f'{time.perf_counter() - model_start:.1f} s', flush=True)
         records.append(record)
-        pictures.append(dict(points=points, point_labels=prediction.get('point_labels'), boxes=prediction.get('boxes'),
-                             class_names=point_classes, title=f'{title}: {", ".join(captions)}',
-                             box_scores=prediction.get('box_scores')))
+        rows = drawn_rows(len(points))
+        subset = '' if rows is None else f'\n{len(rows):,} of {len(points):,} points drawn (a random subset)'
+        if rows is not None:
+            record['drawn_points'] = len(rows)
+        pictures.append(dict(points=drawn(points, rows), point_labels=drawn(prediction.get('point_labels'), rows),
+                             boxes=prediction.get('boxes'), class_names=point_classes,
+                             title=f'{title}: {", ".join(captions)}{subset}', box_scores=prediction.get('box_scores')))
         print(f'[{index + 1}/{len(clouds)}] {title}: {len(points)} points, '
               f'{len(prediction.get("boxes", ()))} boxes, {time.perf_counter() - start:.1f} s', flush=True)
     with output_set(args.out_dir) as outputs:
         for picture, record in zip(pictures, records):
+            start = time.perf_counter()
             png = draw_bird_eye_view(out_file=outputs.path(f'{record["points"]}.png'), **picture)
             record['png'] = str(outputs.destination(png))
+            print(f'drew {record["points"]}.png: {len(picture["points"])} points, {time.perf_counter() - start:.1f} s',
+                  flush=True)
         json_file = write_json_atomically(outputs.path('pcd_demo.json'), dict(models=models, predictions=records))
     return records, outputs.destination(json_file)
+
+
+def drawn(values, rows):
+    """The rows of ``values`` a picture draws (all for ``rows=None``; ``None`` stays ``None``)."""
+    return values if values is None or rows is None else values[rows]
 
 
 def caption(name: str, summary: dict) -> str:

@@ -1,9 +1,11 @@
 """Read the points of ``.ply`` and ``.pcd`` files with numpy, refusing any file that holds fewer rows than promised.
 
-Both readers return a ``[P, 3 + C]`` float64 table: x, y, z, then whichever of these the file holds, in this
+Both readers return a ``[P, 3 + C]`` float32 table: x, y, z, then whichever of these the file holds, in this
 order: colours r, g, b (scaled to [0, 1] when stored as integers), normals nx, ny, nz, intensity. Colours and
 normals count only when all three of their columns are present; other attributes are ignored. These are the
-columns open3d returned, so files read before keep their layout.
+columns open3d returned, so files read before keep their layout. Each column is converted (and scaled) in float64,
+then stored as float32, so a large cloud never needs a float64 table. :func:`count_ply_points` and
+:func:`count_pcd_points` read only the header.
 
 * ``.ply`` (ascii, binary_little_endian, binary_big_endian): the ``vertex`` element, properties ``x y z``,
   ``red green blue``, ``nx ny nz``, ``intensity`` of any scalar PLY type. Elements after the vertices (a mesh's
@@ -128,15 +130,16 @@ def _check_xyz(names: Sequence[str], available: Sequence[str], path: Path) -> No
 
 
 def _point_table(columns: Dict[str, Column]) -> np.ndarray:
-    """Stack x, y, z and every complete attribute group of ``columns`` into a float64 table."""
-    table = [columns[name].values.astype(np.float64) for name in 'xyz']
-    for group in ATTRIBUTE_GROUPS:
-        if all(name in columns for name in group):
-            for name in group:
-                values, stored_type = columns[name]
-                scale = np.iinfo(stored_type).max if stored_type.kind in 'iu' else 1
-                table.append(values.astype(np.float64) / scale)
-    return np.stack(table, axis=1)
+    """Stack x, y, z and every complete attribute group of ``columns`` into a float32 table, converting and
+    scaling one column at a time in float64."""
+    names = list('xyz') + [name for group in ATTRIBUTE_GROUPS if all(name in columns for name in group)
+                           for name in group]
+    table = np.empty((len(columns['x'].values), len(names)), np.float32)
+    for index, name in enumerate(names):
+        values, stored_type = columns[name]
+        scale = np.iinfo(stored_type).max if name not in ('x', 'y', 'z') and stored_type.kind in 'iu' else 1
+        table[:, index] = values.astype(np.float64) / scale
+    return table
 
 
 def _parse_ply_property(words: List[str], path: Path) -> Tuple[str, Optional[str]]:
@@ -200,6 +203,27 @@ def _ply_dtype(element: PlyElement, byte_order: str) -> np.dtype:
                      for index, (_, stored_type) in enumerate(element.properties)])
 
 
+def _read_ply_header(file: BinaryIO, path: Path) -> Tuple[str, List[PlyElement], int, int]:
+    """The byte order ('' for ascii), the elements, the index of the vertex element and where the data starts."""
+    head = file.read(HEADER_LIMIT_BYTES)
+    if head.split(b'\n', 1)[0].strip() != b'ply':
+        raise ValueError(f'{path} is not a PLY file: its first line is not "ply"')
+    lines, start = _header_lines(head, path, 'PLY', 'end_header')
+    byte_order, elements = _parse_ply_header(lines, path)
+    return byte_order, elements, _ply_vertex(elements, path), start
+
+
+def count_ply_points(path: Path) -> int:
+    """The number of vertices a PLY file's header promises (the data is not read).
+
+    Raises:
+        ValueError: if the header is not valid PLY or declares no x, y, z vertex properties.
+    """
+    with open(path, 'rb') as file:
+        _, elements, vertex_index, _ = _read_ply_header(file, path)
+    return elements[vertex_index].count
+
+
 def read_ply(path: Path) -> np.ndarray:
     """Read the vertices of a PLY file (see the module docstring for the columns).
 
@@ -207,19 +231,14 @@ def read_ply(path: Path) -> np.ndarray:
         path: a ``.ply`` file, ascii or binary.
 
     Returns:
-        ``[P, 3 + C]`` float64: x, y, z, then colours, normals and intensity where the file has them.
+        ``[P, 3 + C]`` float32: x, y, z, then colours, normals and intensity where the file has them.
 
     Raises:
         ValueError: if the header is not valid PLY, declares no x, y, z vertex properties, or the file holds fewer
             vertex rows than the header promises.
     """
     with open(path, 'rb') as file:
-        head = file.read(HEADER_LIMIT_BYTES)
-        if head.split(b'\n', 1)[0].strip() != b'ply':
-            raise ValueError(f'{path} is not a PLY file: its first line is not "ply"')
-        lines, start = _header_lines(head, path, 'PLY', 'end_header')
-        byte_order, elements = _parse_ply_header(lines, path)
-        vertex_index = _ply_vertex(elements, path)
+        byte_order, elements, vertex_index, start = _read_ply_header(file, path)
         vertex = elements[vertex_index]
         names = [name for name, _ in vertex.properties]
         types = [np.dtype(stored_type) for _, stored_type in vertex.properties]
@@ -368,6 +387,25 @@ def _pcd_colours(column: Column, from_text: bool) -> Dict[str, Column]:
             for name, shift in (('red', 16), ('green', 8), ('blue', 0))}
 
 
+def _read_pcd_header(file: BinaryIO, path: Path) -> Tuple[List[PcdField], int, str, int]:
+    """The fields, number of points and DATA kind of a PCD file with x, y, z fields, and where its data starts."""
+    lines, start = _header_lines(file.read(HEADER_LIMIT_BYTES), path, 'PCD', 'DATA')
+    fields, points, data_kind = _parse_pcd_header(lines, path)
+    _check_xyz([PCD_ATTRIBUTES.get(field.name) for field in fields if field.count == 1],
+               [field.name for field in fields], path)
+    return fields, points, data_kind, start
+
+
+def count_pcd_points(path: Path) -> int:
+    """The number of points a PCD file's header promises (the data is not read).
+
+    Raises:
+        ValueError: if the header is not valid PCD or has no x, y, z fields.
+    """
+    with open(path, 'rb') as file:
+        return _read_pcd_header(file, path)[1]
+
+
 def read_pcd(path: Path) -> np.ndarray:
     """Read the points of a PCD file (see the module docstring for the columns).
 
@@ -375,17 +413,14 @@ def read_pcd(path: Path) -> np.ndarray:
         path: a ``.pcd`` file with DATA ascii, binary or binary_compressed.
 
     Returns:
-        ``[P, 3 + C]`` float64: x, y, z, then colours, normals and intensity where the file has them.
+        ``[P, 3 + C]`` float32: x, y, z, then colours, normals and intensity where the file has them.
 
     Raises:
         ValueError: if the header is not valid PCD, has no x, y, z fields, or the file holds fewer points than the
             header promises.
     """
     with open(path, 'rb') as file:
-        lines, start = _header_lines(file.read(HEADER_LIMIT_BYTES), path, 'PCD', 'DATA')
-        fields, points, data_kind = _parse_pcd_header(lines, path)
-        names = [field.name for field in fields]
-        _check_xyz([PCD_ATTRIBUTES.get(field.name) for field in fields if field.count == 1], names, path)
+        fields, points, data_kind, start = _read_pcd_header(file, path)
         if data_kind == 'binary':
             dtype = np.dtype([(f'column{index}', field.type, (field.count,)) if field.count > 1
                               else (f'column{index}', field.type) for index, field in enumerate(fields)])

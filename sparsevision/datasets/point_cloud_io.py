@@ -1,7 +1,9 @@
 """Read point clouds from files into ``[P, 3 + C]`` float32 arrays (x, y, z, then feature columns).
 
-Every format is first read into a table of columns, then ``xyz_columns`` and
-``feature_columns`` pick the output:
+Every format is first read into a table of columns (memory-mapped for
+``.bin`` and ``.npy``, float32 for the others), then ``xyz_columns`` and
+``feature_columns`` pick the output, copied :data:`COPY_ROWS` rows at a time
+into float32, so no full-size table of another type is ever made:
 
 * ``.bin``: raw little-endian float32 rows of ``num_columns`` values (KITTI and
   its followers). Common layouts: KITTI 4 columns (x, y, z, intensity, the
@@ -18,6 +20,9 @@ Every format is first read into a table of columns, then ``xyz_columns`` and
 Points whose x, y or z is NaN or infinite are dropped with a warning saying how
 many (sensors write them for rays with no return); a file where no point
 remains is an error. Feature columns are not checked.
+
+:func:`count_points` tells how many points a file holds from its size or
+header, without reading them, so a caller can refuse a cloud that cannot fit.
 """
 import warnings
 from pathlib import Path
@@ -25,13 +30,16 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .ply_pcd import read_pcd, read_ply
+from .ply_pcd import count_pcd_points, count_ply_points, read_pcd, read_ply
 
 SUPPORTED_EXTENSIONS = ('.bin', '.npy', '.pcd', '.ply', '.xyz')
 FLOAT32_BYTES = 4
+COPY_ROWS = 1 << 20   # rows converted at a time from a file's table into the float32 points
+TEXT_BLOCK_BYTES = 1 << 24   # bytes read at a time when counting the lines of an .xyz file
 
 
 def _read_bin(path: Path, num_columns: int) -> np.ndarray:
+    """The rows of a .bin file, memory-mapped (nothing is read yet)."""
     if isinstance(num_columns, bool) or not isinstance(num_columns, (int, np.integer)) or num_columns < 3:
         raise ValueError(f'num_columns must be an integer >= 3 (x, y, z and features), got {num_columns!r}')
     size = path.stat().st_size
@@ -40,12 +48,15 @@ def _read_bin(path: Path, num_columns: int) -> np.ndarray:
         raise ValueError(f'{path} holds {size} bytes, not a whole number of {num_columns}-column float32 rows '
                          f'({row_bytes} bytes each): the file is truncated, or it has another number of columns '
                          '(pass num_columns=, e.g. 5 for nuScenes, 6 for ScanNet / SUN RGB-D copies)')
-    return np.fromfile(path, dtype='<f4').reshape(-1, num_columns)
+    if size == 0:   # an empty file cannot be mapped
+        return np.empty((0, num_columns), np.float32)
+    return np.memmap(path, dtype='<f4', mode='r', shape=(size // row_bytes, num_columns))
 
 
 def _read_npy(path: Path) -> np.ndarray:
+    """The array of a .npy file, memory-mapped (nothing is read yet)."""
     try:
-        table = np.load(path, allow_pickle=False)
+        table = np.load(path, mmap_mode='r', allow_pickle=False)
     except (ValueError, OSError, EOFError) as error:
         raise ValueError(f'{path} is not a readable .npy file ({error}); save the points with '
                          'numpy.save(path, array) as a [P, 3 + C] float array') from error
@@ -61,7 +72,7 @@ def _read_xyz(path: Path) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', UserWarning)   # numpy's warning on an empty file: read_points reports it
         try:
-            return np.loadtxt(path, dtype=np.float64, usecols=(0, 1, 2), ndmin=2)
+            return np.loadtxt(path, dtype=np.float32, usecols=(0, 1, 2), ndmin=2)   # each number parsed as a double
         except ValueError as error:
             raise ValueError(f'{path} is not a readable .xyz file ({error}): every line must start with the numbers '
                              'x y z, so the file is truncated or corrupt') from error
@@ -80,7 +91,53 @@ def _select_columns(table: np.ndarray, xyz_columns: Sequence[int], feature_colum
     if outside:
         raise ValueError(f'{path} has {num_columns} columns, so column(s) {outside} do not exist; check '
                          'xyz_columns / feature_columns (and num_columns for .bin files)')
-    return table[:, xyz_columns + feature_columns]
+    columns = xyz_columns + feature_columns
+    points = np.empty((len(table), len(columns)), np.float32)
+    for start in range(0, len(table), COPY_ROWS):
+        points[start:start + COPY_ROWS] = table[start:start + COPY_ROWS, columns]
+    return points
+
+
+def _count_lines(path: Path) -> int:
+    with open(path, 'rb') as file:
+        return sum(block.count(b'\n') for block in iter(lambda: file.read(TEXT_BLOCK_BYTES), b''))
+
+
+def _extension(path: Path) -> str:
+    """The lower-case extension of an existing point cloud file of a supported format."""
+    if not path.exists():
+        raise FileNotFoundError(f'point cloud file {path} does not exist')
+    if not path.is_file():
+        raise ValueError(f'{path} is not a file; pass a point cloud file ({", ".join(SUPPORTED_EXTENSIONS)})')
+    extension = path.suffix.lower()
+    if extension not in SUPPORTED_EXTENSIONS:
+        raise ValueError(f'{path} has an unsupported extension {path.suffix!r}; supported point cloud files: '
+                         f'{", ".join(SUPPORTED_EXTENSIONS)}')
+    return extension
+
+
+def count_points(path, num_columns: int = 4) -> int:
+    """How many points a file holds, from its size or header, without reading them (for ``.xyz``, its lines).
+
+    Args:
+        path: a ``.bin``, ``.npy``, ``.ply``, ``.pcd`` or ``.xyz`` file.
+        num_columns: float32 values per point in a ``.bin`` file (ignored for other formats).
+
+    Raises:
+        FileNotFoundError: if ``path`` does not exist.
+        ValueError: on an unsupported extension, or a header or size :func:`read_points` would refuse.
+    """
+    path = Path(path)
+    extension = _extension(path)
+    if extension == '.bin':
+        return len(_read_bin(path, num_columns))
+    if extension == '.npy':
+        return len(_read_npy(path))
+    if extension == '.ply':
+        return count_ply_points(path)
+    if extension == '.pcd':
+        return count_pcd_points(path)
+    return _count_lines(path)
 
 
 def read_points(path, num_columns: int = 4, xyz_columns: Sequence[int] = (0, 1, 2),
@@ -103,14 +160,7 @@ def read_points(path, num_columns: int = 4, xyz_columns: Sequence[int] = (0, 1, 
             array, columns that do not exist, or a cloud whose every point has a NaN or infinite coordinate.
     """
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f'point cloud file {path} does not exist')
-    if not path.is_file():
-        raise ValueError(f'{path} is not a file; pass a point cloud file ({", ".join(SUPPORTED_EXTENSIONS)})')
-    extension = path.suffix.lower()
-    if extension not in SUPPORTED_EXTENSIONS:
-        raise ValueError(f'{path} has an unsupported extension {path.suffix!r}; supported point cloud files: '
-                         f'{", ".join(SUPPORTED_EXTENSIONS)}')
+    extension = _extension(path)
     if extension == '.bin':
         table = _read_bin(path, num_columns)
     elif extension == '.npy':
@@ -123,7 +173,8 @@ def read_points(path, num_columns: int = 4, xyz_columns: Sequence[int] = (0, 1, 
         table = _read_xyz(path)
     if len(table) == 0:
         raise ValueError(f'{path} holds no points')
-    points = _select_columns(table, xyz_columns, feature_columns, path).astype(np.float32)
+    points = _select_columns(table, xyz_columns, feature_columns, path)
+    del table   # unmaps a memory-mapped file
     finite = np.isfinite(points[:, :3]).all(axis=1)
     if not finite.all():
         if not finite.any():

@@ -19,6 +19,12 @@ Everything is vectorised in PyTorch. Voxels are found by a stable sort of int64
 linear keys (no hashing) and means by a sorted segment reduction (no
 floating-point atomics), so on CPU the outputs are bitwise identical run to run
 and at any thread count.
+
+Mean voxelization reads the points :data:`CHUNK_POINTS` at a time, so its
+temporaries follow the chunk and the voxels, not the cloud: each chunk's points
+are added to running per-voxel sums, every voxel's sum continuing in input order
+from where the previous chunk left it. The means are therefore bitwise the same
+whatever the chunk size.
 """
 import math
 import numbers
@@ -30,6 +36,7 @@ import torch
 from ..ops.coordinates import MAX_LINEAR_KEY, keys_to_coordinates, linear_keys
 
 MAX_INT32 = 2**31 - 1
+CHUNK_POINTS = 1 << 20   # points voxelize_mean keys at a time: bounds its per-point temporaries
 
 
 class VoxelBatch(NamedTuple):
@@ -126,21 +133,33 @@ def _positive_int(value: int, name: str) -> int:
     return int(value)
 
 
+def _voxel_keys(points: torch.Tensor, sizes: Sequence[float], low: Sequence[float],
+                spatial_shape: Tuple[int, int, int]) -> Tuple[torch.Tensor, torch.Tensor, int]:
+    """The rows of ``points`` that are finite and inside the grid, their int64 voxel keys, and how many rows have
+    a NaN or infinite x, y or z."""
+    xyz = points[:, :3].detach().to(torch.float64)
+    finite = torch.isfinite(xyz).all(dim=1)
+    cells = torch.floor((xyz - xyz.new_tensor(low)) / xyz.new_tensor(sizes))
+    inside = finite & ((cells >= 0) & (cells < cells.new_tensor(spatial_shape[::-1]))).all(dim=1)
+    kept = inside.nonzero().squeeze(1)
+    keys = linear_keys(torch.zeros_like(kept), cells[kept].flip(1).to(torch.int64), spatial_shape)
+    return kept, keys, points.shape[0] - int(finite.sum())
+
+
+def _warn_non_finite(num_non_finite: int, name: str, stacklevel: int) -> None:
+    """Say how many points were dropped for a NaN or infinite coordinate; ``stacklevel`` counts from the caller."""
+    if num_non_finite:
+        warnings.warn(f'{name}: dropped {num_non_finite} point(s) with NaN or infinite x, y or z',
+                      stacklevel=stacklevel + 1)
+
+
 def _sort_points(points: torch.Tensor, voxel_size: Sequence[float], point_cloud_range: Sequence[float],
                  name: str) -> _SortedPoints:
     """Validate, drop non-finite and out-of-range points, group the rest by voxel key."""
     _check_points(points, name)
     sizes, low, spatial_shape = _grid(voxel_size, point_cloud_range)
-    xyz = points[:, :3].detach().to(torch.float64)
-    finite = torch.isfinite(xyz).all(dim=1)
-    num_non_finite = points.shape[0] - int(finite.sum())
-    if num_non_finite:
-        warnings.warn(f'{name}: dropped {num_non_finite} point(s) with NaN or infinite x, y or z', stacklevel=4)
-    cells = torch.floor((xyz - xyz.new_tensor(low)) / xyz.new_tensor(sizes))
-    inside = finite & ((cells >= 0) & (cells < cells.new_tensor(spatial_shape[::-1]))).all(dim=1)
-    kept = inside.nonzero().squeeze(1)
-    cells_zyx = cells[kept].flip(1).to(torch.int64)
-    keys = linear_keys(torch.zeros_like(kept), cells_zyx, spatial_shape)
+    kept, keys, num_non_finite = _voxel_keys(points, sizes, low, spatial_shape)
+    _warn_non_finite(num_non_finite, name, stacklevel=4)
     sorted_keys, permutation = torch.sort(keys, stable=True)
     unique_keys, segment, counts = torch.unique_consecutive(sorted_keys, return_inverse=True, return_counts=True)
     return _SortedPoints(kept[permutation], segment, unique_keys, counts, spatial_shape)
@@ -199,17 +218,51 @@ def voxelize_hard(points: torch.Tensor, voxel_size: Sequence[float], point_cloud
     return _voxelize_hard(points, voxel_size, point_cloud_range, max_points_per_voxel, max_voxels)[:3]
 
 
+class _VoxelSums(NamedTuple):
+    """Running totals of mean voxelization: sorted voxel keys, float64 sums of their points' columns, counts."""
+    keys: torch.Tensor
+    sums: torch.Tensor
+    counts: torch.Tensor
+
+
+def _add_chunk(totals: _VoxelSums, keys: torch.Tensor, values: torch.Tensor) -> _VoxelSums:
+    """Add points (``keys [n]``, float64 ``values [n, C]``) to the running totals.
+
+    A stable sort puts each voxel's running sum before its new points, which follow in input order, so the
+    segment sum continues every voxel's sum exactly as one pass over all points would.
+    """
+    sorted_keys, order = torch.sort(torch.cat([totals.keys, keys]), stable=True)
+    merged_keys, segment, lengths = torch.unique_consecutive(sorted_keys, return_inverse=True, return_counts=True)
+    if merged_keys.numel() == 0:   # segment_reduce rejects empty input
+        return totals
+    sums = torch.segment_reduce(torch.cat([totals.sums, values])[order], 'sum', lengths=lengths, axis=0)
+    counts = torch.zeros_like(merged_keys).index_add_(0, segment,
+                                                      torch.cat([totals.counts, torch.ones_like(keys)])[order])
+    return _VoxelSums(merged_keys, sums, counts)
+
+
 def _voxelize_mean(points: torch.Tensor, voxel_size: Sequence[float], point_cloud_range: Sequence[float],
                    name: str = 'points'):
-    grouped = _sort_points(points, voxel_size, point_cloud_range, name)
-    accumulated = points[grouped.order].to(torch.float64)
-    if grouped.keys.numel():
-        means = torch.segment_reduce(accumulated, 'mean', lengths=grouped.counts, axis=0)
-    else:  # segment_reduce rejects empty input
-        means = accumulated
+    """Mean voxelization, :data:`CHUNK_POINTS` points at a time (see the module docstring)."""
+    _check_points(points, name)
+    sizes, low, spatial_shape = _grid(voxel_size, point_cloud_range)
+    no_keys = points.new_empty(0, dtype=torch.int64)
+    totals = _VoxelSums(no_keys, points.new_empty(0, points.shape[1], dtype=torch.float64), no_keys)
+    # Holds each kept point's voxel key until all voxels are known, then its voxel row.
     point_to_voxel = torch.full((points.shape[0],), -1, dtype=torch.int64, device=points.device)
-    point_to_voxel[grouped.order] = grouped.segment
-    return means.to(points.dtype), _zyx(grouped.keys, grouped.spatial_shape), point_to_voxel, grouped.counts
+    num_non_finite = 0
+    for start in range(0, points.shape[0], CHUNK_POINTS):
+        chunk = points[start:start + CHUNK_POINTS]
+        kept, keys, chunk_non_finite = _voxel_keys(chunk, sizes, low, spatial_shape)
+        num_non_finite += chunk_non_finite
+        point_to_voxel[start + kept] = keys
+        totals = _add_chunk(totals, keys, chunk[kept].to(torch.float64))
+    _warn_non_finite(num_non_finite, name, stacklevel=3)
+    for chunk in point_to_voxel.split(CHUNK_POINTS):
+        kept = chunk >= 0
+        chunk[kept] = torch.searchsorted(totals.keys, chunk[kept])
+    means = totals.sums / totals.counts.unsqueeze(1)
+    return means.to(points.dtype), _zyx(totals.keys, spatial_shape), point_to_voxel, totals.counts
 
 
 def voxelize_mean(points: torch.Tensor, voxel_size: Sequence[float],

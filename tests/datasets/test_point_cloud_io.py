@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from sparsevision.datasets import PointCloudFolderDataset, read_points
+from sparsevision.datasets.point_cloud_io import count_points
 
 REAL_SCANS = Path(__file__).resolve().parents[3] / 'shared/data/real_scans'
 
@@ -458,3 +459,49 @@ def test_real_scan_as_ply_and_pcd(tmp_path):
                           ('scan_ascii.pcd', dict(write_ascii=True))]:
         assert open3d.t.io.write_point_cloud(str(tmp_path / name), cloud, **options)
         np.testing.assert_array_equal(read_points(tmp_path / name), scan, err_msg=name)
+
+
+def test_count_points_reads_sizes_and_headers_only(tmp_path):
+    np.zeros((7, 5), np.float32).tofile(tmp_path / 'scan.bin')
+    np.save(tmp_path / 'scan.npy', np.zeros((6, 3)))
+    (tmp_path / 'scan.xyz').write_text('1 2 3\n4 5 6\n')
+    write_pcd(tmp_path / 'scan.pcd', [('x', 4, 'F'), ('y', 4, 'F'), ('z', 4, 'F')], ['1 2 3'] * 3)
+    write_ply(tmp_path / 'scan.ply', [('float', 'x'), ('float', 'y'), ('float', 'z')],
+              np.zeros(4, [('x', '<f4'), ('y', '<f4'), ('z', '<f4')]))
+    counts = {name: count_points(tmp_path / name, num_columns=5)
+              for name in ('scan.bin', 'scan.npy', 'scan.xyz', 'scan.pcd', 'scan.ply')}
+    assert counts == {'scan.bin': 7, 'scan.npy': 6, 'scan.xyz': 2, 'scan.pcd': 3, 'scan.ply': 4}
+    header = ('ply\nformat binary_little_endian 1.0\nelement vertex 100000000000\nproperty float x\n'
+              'property float y\nproperty float z\nend_header\n')
+    (tmp_path / 'promise.ply').write_bytes(header.encode() + np.zeros(12, np.float32).tobytes())
+    assert count_points(tmp_path / 'promise.ply') == 10 ** 11   # what the header says, before any row is read
+    with pytest.raises(ValueError, match='truncated'):
+        count_points(tmp_path / 'scan.bin')   # 5 columns read as the default 4
+    with pytest.raises(FileNotFoundError, match='does not exist'):
+        count_points(tmp_path / 'missing.ply')
+
+
+READ_PEAK = '''
+import resource, sys
+from sparsevision.datasets import read_points
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+points = read_points(sys.argv[1])
+print(len(points), points.shape[1], (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
+'''
+
+
+@pytest.mark.skipif(sys.platform != 'linux', reason='ru_maxrss is counted in KiB on Linux only')
+def test_large_binary_ply_is_read_without_float64_tables(tmp_path, python_process):
+    count = 4_000_000
+    rows = np.zeros(count, [('x', '<f4'), ('y', '<f4'), ('z', '<f4'), ('red', 'u1'), ('green', 'u1'), ('blue', 'u1'),
+                            ('intensity', '<f4')])
+    rows['x'] = np.arange(count, dtype=np.float32)
+    path = write_ply(tmp_path / 'large.ply', [('float', 'x'), ('float', 'y'), ('float', 'z'), ('uchar', 'red'),
+                                              ('uchar', 'green'), ('uchar', 'blue'), ('float', 'intensity')], rows)
+    del rows
+    result = python_process(['-c', READ_PEAK, path])
+    assert result.returncode == 0, result.stderr[-2000:]
+    points, columns, peak_growth = map(int, result.stdout.split())
+    assert (points, columns) == (count, 7)
+    # The file's rows (19 bytes a point) and two float32 tables of 7 columns at most; float64 tables took 134.
+    assert peak_growth < count * (19 + 2 * 7 * 4), f'{peak_growth / count:.0f} bytes a point'

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 REAL_SCANS = Path(__file__).resolve().parents[3] / 'shared' / 'data' / 'real_scans'   # tests only, never copied
+STREET = Path(__file__).resolve().parents[2] / 'sparsevision/demo_data/point_clouds/simulated_street.bin'
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 
 
@@ -49,8 +50,7 @@ def test_bad_input_fails_with_one_line_and_no_outputs(python_process, tmp_path, 
 
 
 def test_points_outside_the_range_are_labelled_minus_one_not_dropped(python_process, tmp_path):
-    street = np.fromfile(Path(__file__).resolve().parents[2] / 'sparsevision/demo_data/point_clouds/simulated_street.bin',
-                         dtype=np.float32).reshape(-1, 4)
+    street = np.fromfile(STREET, dtype=np.float32).reshape(-1, 4)
     cloud = write_bin(tmp_path / 'partly_far.bin', np.concatenate([street, [[500.0, 0, 0, 0], [0, 600.0, 0, 0]]]))
     result = run_demo(python_process, cloud, '--model', 'sparse_unet_lidar_scenes', '--out-dir', tmp_path / 'out')
     assert result.returncode == 0, result.stderr[-2000:]
@@ -86,3 +86,51 @@ def test_demo_runs_on_the_real_scans(python_process, tmp_path, name, columns):
     counted = record['sparse_unet_lidar_scenes']
     assert sum(counted['points_per_class'].values()) + counted['points_outside_range'] == record['num_points']
     assert (tmp_path / f'{Path(name).stem}.png').read_bytes()[:8] == PNG_MAGIC
+
+
+def write_dense_street(path, count, chunk=1 << 20):
+    """``count`` points of the embedded street sweep, repeated with 3 cm of noise (a dense scan: many points a
+    voxel), written chunk by chunk so the test never holds the cloud."""
+    street = np.fromfile(STREET, dtype=np.float32).reshape(-1, 4)
+    rows = np.resize(street, (chunk, 4))
+    cloud = np.memmap(path, dtype=np.float32, mode='w+', shape=(count, 4))
+    generator = np.random.default_rng(0)
+    for start in range(0, count, chunk):
+        stop = min(start + chunk, count)
+        cloud[start:stop] = rows[:stop - start]
+        cloud[start:stop, :3] += generator.normal(0, 0.03, (stop - start, 3)).astype(np.float32)
+    cloud.flush()
+    return path
+
+
+def test_ten_million_points_stay_under_2_gib_with_progress(run_with_peak_rss, tmp_path):
+    cloud = write_dense_street(tmp_path / 'dense.bin', 10_000_000)
+    result, peak = run_with_peak_rss(['demo/pcd_demo.py', cloud, '--out-dir', tmp_path / 'out'])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert peak < 2 * 2**30, f'peak resident memory {peak / 2**30:.2f} GiB'   # 2.7 GiB with float64 key tables
+    for step in ('read ', 'sparse_unet_lidar_scenes, ', 'centerpoint_second_lidar_scenes, ', 'drew dense.png'):
+        assert step in result.stdout
+    record = json.loads((tmp_path / 'out' / 'pcd_demo.json').read_text())['predictions'][0]
+    counted = record['sparse_unet_lidar_scenes']
+    assert record['num_points'] == sum(counted['points_per_class'].values()) + counted['points_outside_range']
+    assert record['num_points'] == 10_000_000 and record['drawn_points'] == 500_000
+
+
+def test_a_cloud_too_large_for_memory_is_refused_before_reading(python_process, tmp_path):
+    header = ('ply\nformat binary_little_endian 1.0\nelement vertex 1000000000000\nproperty float x\n'
+              'property float y\nproperty float z\nend_header\n')
+    (tmp_path / 'huge.ply').write_bytes(header.encode() + np.zeros(12, np.float32).tobytes())
+    result = run_demo(python_process, tmp_path / 'huge.ply', '--out-dir', tmp_path / 'out')
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if 'pcd_demo: error' in line]
+    assert len(lines) == 1 and '1,000,000,000,000 points' in lines[0] and 'memory is available' in lines[0]
+    assert 'read ' not in result.stdout and not (tmp_path / 'out').exists()
+
+
+def test_large_clouds_are_drawn_from_a_fixed_random_subset():
+    from sparsevision.apis.point_cloud import drawn_rows
+
+    assert drawn_rows(500_000) is None
+    rows = drawn_rows(2_000_000)
+    assert len(rows) == len(np.unique(rows)) == 500_000 and (np.diff(rows) > 0).all() and rows[-1] < 2_000_000
+    assert np.array_equal(rows, drawn_rows(2_000_000))

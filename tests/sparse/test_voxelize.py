@@ -4,7 +4,7 @@ Both modes are checked against a slow dict-based reference written here, one
 point at a time, on random clouds (hypothesis) and hand-made edge cases; hard
 mode also against spconv's ``PointToVoxel`` on a real scan. Then the batched
 layout, devoxelization and autograd, argument errors, and bitwise determinism
-across thread counts.
+across thread counts and chunk sizes.
 """
 import math
 import warnings
@@ -16,6 +16,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sparsevision.sparse import voxelize as voxelize_module
 from sparsevision.sparse.voxelize import devoxelize, grid_shape, voxelize_batch, voxelize_hard, voxelize_mean
 
 MESHES = Path(__file__).resolve().parents[3] / 'shared/data/meshes'
@@ -419,3 +420,42 @@ def test_outputs_are_bitwise_identical_across_thread_counts():
     for result in results[1:]:
         for expected, actual in zip(results[0], result):
             assert torch.equal(expected, actual) if isinstance(expected, torch.Tensor) else expected == actual
+
+
+def one_pass_mean(points, voxel_size, point_cloud_range):
+    """Mean voxelization in one pass over the whole cloud: a stable sort of every kept point's voxel key, then a
+    float64 segment mean per voxel, cast back once."""
+    depth, height, width = grid_shape(voxel_size, point_cloud_range)
+    low, sizes = torch.tensor(point_cloud_range[:3], dtype=torch.float64), torch.tensor(voxel_size, dtype=torch.float64)
+    cells = torch.floor((points[:, :3].double() - low) / sizes)
+    inside = torch.isfinite(cells).all(1) & (cells >= 0).all(1) & (cells < torch.tensor([width, height, depth])).all(1)
+    kept = inside.nonzero().squeeze(1)
+    x, y, z = cells[kept].long().unbind(1)
+    keys, order = ((z * height + y) * width + x).sort(stable=True)
+    unique_keys, counts = torch.unique_consecutive(keys, return_counts=True)
+    means = torch.segment_reduce(points[kept[order]].double(), 'mean', lengths=counts, axis=0).to(points.dtype)
+    coordinates = torch.stack([unique_keys // (height * width), unique_keys // width % height, unique_keys % width], 1)
+    point_to_voxel = torch.full((len(points),), -1)
+    point_to_voxel[kept[order]] = torch.repeat_interleave(torch.arange(len(unique_keys)), counts)
+    return means, coordinates.int(), point_to_voxel
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+@pytest.mark.parametrize('chunk_points', [7, 4096, 1 << 20])
+def test_means_are_bitwise_the_same_in_chunks(monkeypatch, chunk_points, dtype):
+    # 20,000 points in 64 voxels: every voxel has points in every chunk. Features from 1e-8 to 1e8 make a float64
+    # sum depend on its order, so adding up per-chunk sums instead of continuing each voxel's sum shows (float64).
+    generator = torch.Generator().manual_seed(5)
+    xyz = torch.rand(20_000, 3, generator=generator, dtype=torch.float64) * 4.4 - 2.2   # some points out of range
+    features = torch.randn(20_000, 2, generator=generator, dtype=torch.float64).sign() * 10 ** (
+        torch.rand(20_000, 2, generator=generator, dtype=torch.float64) * 16 - 8)
+    points = torch.cat([xyz, features], 1).to(dtype)
+    points[::997, 1] = math.nan
+    voxel_size, point_cloud_range = (1.0, 1.0, 1.0), (-2.0, -2.0, -2.0, 2.0, 2.0, 2.0)
+    expected = one_pass_mean(points, voxel_size, point_cloud_range)
+    monkeypatch.setattr(voxelize_module, 'CHUNK_POINTS', chunk_points)
+    with pytest.warns(UserWarning, match='dropped 21 point'):
+        actual = voxelize_mean(points, voxel_size, point_cloud_range)
+    assert len(actual[1]) == 64
+    for expected_tensor, actual_tensor in zip(expected, actual):
+        assert torch.equal(expected_tensor, actual_tensor)
