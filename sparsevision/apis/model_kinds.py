@@ -94,4 +94,3 @@ def check_model_kind(cfg: Config, model, accepted: Sequence[str], inferencer: st
 def with_article(noun: str) -> str:
     """``'an image classifier'``, ``'a masked autoencoder'``."""
     return f'{"an" if noun[0] in "aeiou" else "a"} {noun}'
-

@@ -130,8 +130,8 @@ def test_trace_refuses_a_model_that_does_not_route_tokens(digit_files):
         trace_token_routing(inferencer, digit_files)
 
 
-def test_demo_writes_token_maps_for_a_file_and_a_photo(image_demo, untrained_tome_checkpoint, digit_files, tmp_path,
-                                                      capsys):
+def test_demo_writes_token_maps_for_a_file_and_a_photo(image_demo, untrained_tome_checkpoint, digit_files,
+                                                       tmp_path, capsys):
     out_dir = tmp_path / 'out'
     status = image_demo.main([str(digit_files[0]), '--photo', 'astronaut', '--model', 'tome_vit_tiny_p4_digits',
                               '--checkpoint', str(untrained_tome_checkpoint), '--out-dir', str(out_dir)])

@@ -110,8 +110,8 @@ def test_crafted_checkpoints_are_refused_in_process(kind, tmp_path):
             load(path)
     assert not marker.exists()
     assert _safe_globals() == before, "a load widened torch's process-wide allow-list"
-    assert not {'getattr', 'HistoryBuffer'} & {getattr(item, '__name__', '') for item in
-                                              torch.serialization.get_safe_globals()}
+    allowed = {getattr(item, '__name__', '') for item in torch.serialization.get_safe_globals()}
+    assert not {'getattr', 'HistoryBuffer'} & allowed
     with pytest.raises(pickle.UnpicklingError):  # and torch's own weights_only loads stay strict afterwards
         torch.load(path, weights_only=True)
     assert not marker.exists()
@@ -140,7 +140,8 @@ def test_real_runner_checkpoint_matches_a_trusted_load(tmp_path):
 
 
 def test_executable_meta_config_is_dropped(tmp_path):
-    path = _save({'meta': {'epoch': 1, 'iter': 1, 'config': _code(tmp_path / 'ran')}, 'state_dict': {}}, tmp_path / 'c.pth')
+    checkpoint = {'meta': {'epoch': 1, 'iter': 1, 'config': _code(tmp_path / 'ran')}, 'state_dict': {}}
+    path = _save(checkpoint, tmp_path / 'c.pth')
     assert 'config' not in load_plain_checkpoint(path)['meta']
 
 
