@@ -47,10 +47,10 @@ def test_test_tool_refuses(case, message, files, tmp_path):
 
 def test_test_tool_takes_zoo_weights_and_partial_loading_on_request(tmp_path):
     metrics = test_tool.main([CONFIG, 'zoo:resnet18_w16_digits', '--work-dir', str(tmp_path / 'a'),
-                              '--cfg-options', *SMALL_TEST])
+                              '--cfg-options', 'experiment_name=zoo_weights', *SMALL_TEST])
     assert metrics['accuracy/top1'] > 90
     metrics = test_tool.main([CONFIG, 'zoo:vit_tiny_p4_digits', '--work-dir', str(tmp_path / 'b'),
-                              '--cfg-options', 'strict_checkpoint=False', *SMALL_TEST])
+                              '--cfg-options', 'strict_checkpoint=False', 'experiment_name=partial', *SMALL_TEST])
     assert metrics['accuracy/top1'] < 50  # what mmengine's non-strict load gives: an untrained model
 
 
