@@ -96,7 +96,7 @@ def _save(checkpoint, path):
 
 
 def _safe_globals():
-    return [str(item) for item in torch.serialization.get_safe_globals()]
+    return {str(item) for item in torch.serialization.get_safe_globals()}
 
 
 @pytest.mark.parametrize('kind', CRAFTED)
