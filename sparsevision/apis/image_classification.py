@@ -21,6 +21,7 @@ from mmengine.dataset import Compose
 from mmengine.registry import DefaultScope
 
 from ..datasets.transforms import ResizeImage
+from ..datasets.transforms.image import fit_within
 from ..model_zoo import create_model, load_config
 from ..registry import DATASETS
 from .model_kinds import IMAGE_CLASSIFIER, check_model_kind
@@ -53,7 +54,8 @@ class ImageClassificationInferencer:
         self.classes = DATASETS.get(dataset_cfg.type).METAINFO['classes']
         self.channels = len(cfg.model.data_preprocessor.mean)
         with DefaultScope.overwrite_default_scope('sparsevision'):
-            self.load = Compose([dict(type='LoadImageFromFile', grayscale=self.channels == 1)])
+            self.load = Compose([dict(type='LoadImageFromFile', grayscale=self.channels == 1,
+                                      max_side=LARGE_IMAGE_SIDE)])
             self.pipeline = Compose(dataset_cfg.pipeline)
         self.input_size = next((transform.size for transform in self.pipeline.transforms
                                 if isinstance(transform, ResizeImage)), None)
@@ -67,17 +69,8 @@ class ImageClassificationInferencer:
             FileNotFoundError: if ``path`` does not exist.
             ValueError: for a file that is too large or cannot be decoded.
         """
-        size = image_size(path)
-        if size is None or max(size) <= LARGE_IMAGE_SIDE:
-            return self.load(dict(img_path=str(path)))['img']
-        grayscale = self.channels == 1
-        pixels = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE if grayscale else cv2.IMREAD_COLOR)
-        if pixels is None:
-            raise ValueError(f'could not decode {path} as an image (is it a PNG/JPEG/BMP file?)')
-        pixels = fit_within(pixels, LARGE_IMAGE_SIDE)
-        if not grayscale:
-            pixels = cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)
-        return pixels.astype(np.float32) / np.float32(np.iinfo(pixels.dtype).max)
+        image_size(path)   # refuses a file with too many pixels before it is decoded
+        return self.load(dict(img_path=str(path)))['img']
 
     def _prepare(self, image: ImageInput) -> dict:
         if isinstance(image, np.ndarray):
@@ -172,17 +165,6 @@ def too_large(path: Union[str, Path], pixels: str) -> str:
     """The message refusing an image file of ``pixels`` pixels."""
     return (f'{path} has {pixels} pixels, more than the {MAX_IMAGE_PIXELS:,} an image file may have here; '
             'reduce it first (e.g. cv2.resize with interpolation=cv2.INTER_AREA)')
-
-
-def fit_within(image: np.ndarray, side: int) -> np.ndarray:
-    """``image`` area-reduced (``cv2.INTER_AREA``, aspect kept) so its longer side is ``side``; as it is when
-    it already fits."""
-    height, width = image.shape[:2]
-    if max(height, width) <= side:
-        return image
-    scale = side / max(height, width)
-    return cv2.resize(image, (max(1, round(width * scale)), max(1, round(height * scale))),
-                      interpolation=cv2.INTER_AREA)
 
 
 def fit_to_size(image: np.ndarray, size: Sequence[int]) -> np.ndarray:

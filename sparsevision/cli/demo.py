@@ -1,4 +1,4 @@
-"""``sparsevision-demo image|pcd|masked-reconstruction [ARGS]``: the demos of ``demo/``, installed."""
+"""``sparsevision-demo image|pcd|masked-reconstruction [ARGS]``: the demos of ``demo/``, installed; their error line."""
 import sys
 from importlib import import_module
 
@@ -13,3 +13,11 @@ def run(argv=None) -> None:
                          'add --help after a demo name for its options')
     demo = import_module(f'{__package__}.{DEMOS[argv[0]]}')
     sys.exit(demo.main(argv[1:]))
+
+
+def demo_work(name: str, work, args):
+    """``work(args)``; a bad input (OSError, ValueError, RuntimeError) ends demo ``name`` with one ``error:`` line."""
+    try:
+        return work(args)
+    except (OSError, ValueError, RuntimeError) as error:
+        raise SystemExit(f'{name}: error: {error}') from None

@@ -28,6 +28,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from .demo import demo_work
+
 DEMO_DIGITS = Path(__file__).resolve().parent.parent / 'demo_data' / 'digits'
 TOKEN_MAPS = 'token_maps/[0-9][0-9]*_*.png'   # <index>_<name>.png; a run removes those it did not write
 
@@ -52,10 +54,7 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     """Run the demo; a bad input or a model that is no image classifier ends it with one ``error:`` line."""
     args = parse_args(argv)
-    try:
-        predictions, files = classify(args)
-    except (OSError, ValueError, RuntimeError) as error:
-        raise SystemExit(f'image_demo: error: {error}') from None
+    predictions, files = demo_work('image_demo', classify, args)
     for prediction in predictions:
         print(f'{prediction["image"]}: {prediction["pred_class"]} ({prediction["pred_score"]:.3f})')
     print(f'wrote {files["png"]} and {files["json"]}')

@@ -17,6 +17,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from .demo import demo_work
+
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], epilog=__doc__.split('\n\n', 2)[2],
@@ -53,10 +55,7 @@ def load_image(path: Path, channels: int, size):
 def main(argv=None) -> int:
     """Run the demo; a bad input or a model that is no masked autoencoder ends it with one ``error:`` line."""
     args = parse_args(argv)
-    try:
-        figure, json_file = reconstruct(args)
-    except (OSError, ValueError, RuntimeError) as error:
-        raise SystemExit(f'masked_reconstruction_demo: error: {error}') from None
+    figure, json_file = demo_work('masked_reconstruction_demo', reconstruct, args)
     print(f'wrote {figure} and {json_file}')
     return 0
 

@@ -34,6 +34,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from .demo import demo_work
+
 DEMO_CLOUDS = Path(__file__).resolve().parent.parent / 'demo_data' / 'point_clouds'
 MOTORCYCLE = 'stereo_motorcycle'
 DEFAULT_MODELS = ('sparse_unet_lidar_scenes', 'centerpoint_second_lidar_scenes')
@@ -109,10 +111,7 @@ def available_memory() -> Optional[int]:
 def main(argv=None) -> int:
     """Run the demo; a bad input or a model that takes no point clouds ends it with one ``error:`` line."""
     args = parse_args(argv)
-    try:
-        records, json_file = predict(args)
-    except (OSError, ValueError, RuntimeError) as error:
-        raise SystemExit(f'pcd_demo: error: {error}') from None
+    records, json_file = demo_work('pcd_demo', predict, args)
     for record in records:
         print(json.dumps({key: value for key, value in record.items() if key != 'png'})[:300])
     print(f'wrote {", ".join(record["png"] for record in records)} and {json_file}')

@@ -10,7 +10,7 @@ from mmengine.model import is_model_wrapper
 from mmengine.runner import set_random_seed
 
 from ..registry import HOOKS
-from ..utils.checkpoint import check_state_dict_fits
+from ..utils.checkpoint import check_state_dict_fits, weights_in
 
 
 @HOOKS.register_module()
@@ -117,9 +117,7 @@ class CheckpointFitsModelHook(Hook):
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
-        state_dict = checkpoint.get('state_dict', checkpoint)
-        state_dict = {key.removeprefix('module.'): value for key, value in state_dict.items()}
         try:
-            check_state_dict_fits(model, state_dict, self.checkpoint_name)
+            check_state_dict_fits(model, weights_in(checkpoint, self.checkpoint_name), self.checkpoint_name)
         except ValueError as error:
             raise ValueError(f'{error} (--cfg-options strict_checkpoint=False loads what fits)') from None

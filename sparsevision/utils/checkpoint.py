@@ -29,10 +29,18 @@ def load_state_dict(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
         ValueError: when it is not a loadable, trusted-format checkpoint.
     """
     path = resolve_checkpoint_path(path)
-    checkpoint = load_plain_checkpoint(path)
+    return weights_in(load_plain_checkpoint(path), str(path))
+
+
+def weights_in(checkpoint, source: str) -> Dict[str, torch.Tensor]:
+    """The weights of a loaded checkpoint: its ``state_dict`` (or itself, a plain one), ``module.`` prefixes dropped.
+
+    Raises:
+        ValueError: when it holds no state_dict of tensors.
+    """
     state_dict = checkpoint.get('state_dict', checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
-        raise ValueError(f'checkpoint {path} holds no state_dict of tensors')
+        raise ValueError(f'checkpoint {source} holds no state_dict of tensors')
     return {key.removeprefix('module.'): value for key, value in state_dict.items()}
 
 
@@ -46,7 +54,7 @@ def check_state_dict_fits(model: torch.nn.Module, state_dict: Dict[str, torch.Te
     missing = sorted(expected.keys() - state_dict.keys())
     unexpected = sorted(state_dict.keys() - expected.keys())
     mismatched = sorted(key for key in expected.keys() & state_dict.keys()
-                        if expected[key].shape != getattr(state_dict[key], 'shape', None))
+                        if expected[key].shape != state_dict[key].shape)
     if missing or unexpected or mismatched:
         details = '; '.join(f'{label}: {keys[:5]}{" ..." if len(keys) > 5 else ""}'
                             for label, keys in (('missing', missing), ('unexpected', unexpected),

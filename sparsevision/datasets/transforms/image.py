@@ -1,11 +1,22 @@
 """Image transforms on ``results['img']`` (float32 ``[H, W]`` or ``[H, W, C]`` in [0, 1])."""
 from pathlib import Path
-from typing import Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
 
 from ...registry import TRANSFORMS
+
+
+def fit_within(image: np.ndarray, side: int) -> np.ndarray:
+    """``image`` area-reduced (``cv2.INTER_AREA``, aspect kept) so its longer side is ``side``; as it is when
+    it already fits."""
+    height, width = image.shape[:2]
+    if max(height, width) <= side:
+        return image
+    scale = side / max(height, width)
+    return cv2.resize(image, (max(1, round(width * scale)), max(1, round(height * scale))),
+                      interpolation=cv2.INTER_AREA)
 
 
 @TRANSFORMS.register_module()
@@ -14,10 +25,13 @@ class LoadImageFromFile:
 
     Args:
         grayscale: read one channel (``[H, W]``) instead of RGB (``[H, W, 3]``).
+        max_side: area-reduce (``cv2.INTER_AREA``, aspect kept) an image with a longer side than this while its
+            pixels are still 8 or 16 bit, so memory follows this side rather than the file; None reads it whole.
     """
 
-    def __init__(self, grayscale: bool = False):
+    def __init__(self, grayscale: bool = False, max_side: Optional[int] = None):
         self.grayscale = grayscale
+        self.max_side = max_side
 
     def __call__(self, results: dict) -> dict:
         path = Path(results['img_path'])
@@ -26,6 +40,8 @@ class LoadImageFromFile:
         image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE if self.grayscale else cv2.IMREAD_COLOR)
         if image is None:
             raise ValueError(f'could not decode {path} as an image (is it a PNG/JPEG/BMP file?)')
+        if self.max_side is not None:
+            image = fit_within(image, self.max_side)
         if not self.grayscale:
             image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
         results['img'] = image.astype(np.float32) / np.float32(np.iinfo(image.dtype).max)
