@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import reference, schemas
+from . import gpu, reference, schemas
 from .schemas import SCHEMAS
 
 LIBRARY_NAME = 'sparsevision'
@@ -80,4 +80,5 @@ _library = torch.library.Library(LIBRARY_NAME, 'DEF')
 for _schema in SCHEMAS.values():
     _library.define(_schema)
 EXTENSION = _load_extension()
+gpu.register(_library)
 _register_fallbacks(_library, EXTENSION)

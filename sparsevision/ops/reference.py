@@ -259,3 +259,8 @@ def row_batch_norm_backward(grad_out: torch.Tensor, rows: torch.Tensor, mean: to
     scale = invstd if weight is None else invstd * weight
     grad_rows = scale * (grad_out - grad_bias / count - normalised * (grad_weight / count))
     return grad_rows, grad_weight, grad_bias
+
+
+# The CUDA gather-GEMM path (csrc/cuda/gather_gemm_conv.cu) computes the same functions.
+gather_gemm_conv = sparse_conv
+gather_gemm_conv_weight_grad = sparse_conv_weight_grad

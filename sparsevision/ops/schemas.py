@@ -22,6 +22,10 @@ SCHEMAS = {
                     'int groups) -> Tensor'),
     'sparse_conv_weight_grad': ('sparse_conv_weight_grad(Tensor features, Tensor grad_output, Tensor neighbors, '
                                 'Tensor inverse_neighbors, int groups) -> Tensor'),
+    'gather_gemm_conv': ('gather_gemm_conv(Tensor features, Tensor weight, Tensor neighbors, Tensor inverse_neighbors, '
+                         'int groups) -> Tensor'),
+    'gather_gemm_conv_weight_grad': ('gather_gemm_conv_weight_grad(Tensor features, Tensor grad_output, '
+                                     'Tensor neighbors, Tensor inverse_neighbors, int groups) -> Tensor'),
     'spike_sparse_conv': ('spike_sparse_conv(Tensor spikes, Tensor weight, Tensor neighbors, '
                           'Tensor inverse_neighbors) -> Tensor'),
     'row_batch_norm': ('row_batch_norm(Tensor rows, Tensor? weight, Tensor? bias, float eps, bool relu=False, '

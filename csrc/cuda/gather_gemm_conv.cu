@@ -1,4 +1,4 @@
-// CUDA kernels of sparsevision::sparse_conv and sparsevision::sparse_conv_weight_grad: gather, GEMM, add.
+// CUDA kernels of sparsevision::gather_gemm_conv and gather_gemm_conv_weight_grad (the gather-GEMM path of sparse_conv).
 //
 // The kernel map is first split into per-tap pair lists (output row, input
 // row), ordered by tap, then output row. For each tap in turn the input rows
@@ -164,9 +164,9 @@ at::Tensor sparse_conv_weight_grad_cuda(const at::Tensor& features_in, const at:
 
 }  // namespace
 
-void register_sparse_conv_cuda(torch::Library& m) {
-  m.impl("sparse_conv", &sparse_conv_cuda);
-  m.impl("sparse_conv_weight_grad", &sparse_conv_weight_grad_cuda);
+void register_gather_gemm_conv_cuda(torch::Library& m) {
+  m.impl("gather_gemm_conv", &sparse_conv_cuda);
+  m.impl("gather_gemm_conv_weight_grad", &sparse_conv_weight_grad_cuda);
 }
 
 }  // namespace sparsevision
