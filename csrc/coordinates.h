@@ -8,6 +8,7 @@
 
 #include <ATen/ATen.h>
 
+#include <limits>
 #include <vector>
 
 #ifdef __CUDACC__
@@ -19,6 +20,13 @@
 namespace sparsevision {
 
 constexpr int kMaxDims = 4;
+// Kernel-map entries are int32 row numbers, so no side of a map may have more rows.
+constexpr int64_t kMaxRows = std::numeric_limits<int32_t>::max();
+
+inline void check_row_count(int64_t rows, const char* name) {
+  TORCH_CHECK_VALUE(rows <= kMaxRows, name, " has ", rows, " rows; kernel maps hold int32 row numbers, so at most ",
+                    kMaxRows, " rows fit: split the batch");
+}
 
 struct ConvolutionGeometry {
   int dims = 0;
@@ -70,6 +78,7 @@ inline void check_coordinate_tensor(const at::Tensor& indices, int dims, const c
   TORCH_CHECK_VALUE(indices.dim() == 2 && indices.size(1) == dims + 1, name, " must be [N, ", dims + 1,
                     "] (batch, then ", dims, " coordinates), got ", indices.sizes());
   TORCH_CHECK_VALUE(indices.scalar_type() == at::kInt, name, " must be int32, got ", indices.scalar_type());
+  check_row_count(indices.size(0), name);
 }
 
 }  // namespace sparsevision

@@ -7,6 +7,9 @@
 #include <algorithm>
 #include <atomic>
 
+#include "coordinates.h"
+#include "devices.h"
+
 namespace sparsevision {
 
 // Layers with at most this many outputs (and one group) run the CPU sparse_conv's narrow-output path, which sums
@@ -32,6 +35,8 @@ inline void check_conv_arguments(const at::Tensor& features, const at::Tensor& w
                     " channels but weight expects ", weight.size(1) * groups);
   TORCH_CHECK_VALUE(features.scalar_type() == weight.scalar_type(), "sparse_conv: features are ",
                     features.scalar_type(), " but weight is ", weight.scalar_type());
+  check_same_device("sparse_conv", {{"features", features}, {"weight", weight}, {"neighbors", neighbors}});
+  check_row_count(features.size(0), "sparse_conv: features");
 }
 
 // features [N, C_in], grad_output [M, C_out], neighbors int32 [M, taps].
@@ -44,6 +49,8 @@ inline void check_weight_grad_arguments(const at::Tensor& features, const at::Te
                     "sparse_conv_weight_grad: grad_output must be [M, out] with M = kernel map rows");
   TORCH_CHECK_VALUE(groups >= 1 && features.size(1) % groups == 0 && grad_output.size(1) % groups == 0,
                     "sparse_conv_weight_grad: channels must divide into ", groups, " groups");
+  check_same_device("sparse_conv_weight_grad",
+                    {{"features", features}, {"grad_output", grad_output}, {"neighbors", neighbors}});
 }
 
 // A contiguous CPU int32 kernel map holds only -1 or rows of the input (< rows); checked in parallel.

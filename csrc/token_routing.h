@@ -3,6 +3,8 @@
 
 #include <ATen/ATen.h>
 
+#include <utility>
+
 namespace sparsevision {
 
 // tokens [B, N, C] floating point, index [B, K] int64 on the same device.
@@ -57,6 +59,16 @@ inline void check_select_arguments(const at::Tensor& scores, int64_t keep, int64
   TORCH_CHECK_VALUE(keep >= 0 && keep <= scores.size(1), "select_tokens: keep must lie in [0, ", scores.size(1),
                     "], got ", keep);
   TORCH_CHECK_VALUE(num_prefix >= 0, "select_tokens: num_prefix must be >= 0, got ", num_prefix);
+}
+
+// Each sample's index entries grouped by value, without atomics or host syncs: `order` [B, K] lists the positions of
+// index [B, K] by ascending value (a stable sort, so equal values keep their position order), and the entries with
+// value v in [0, values) are order[b, runs[b, v] .. runs[b, v + 1]) (runs [B, values + 1]); other values fall
+// outside every run.
+inline std::pair<at::Tensor, at::Tensor> runs_by_value(const at::Tensor& index, int64_t values) {
+  auto [sorted, order] = index.sort(/*stable=*/true, /*dim=*/1, /*descending=*/false);
+  const at::Tensor starts = at::arange(values + 1, index.options()).expand({index.size(0), values + 1}).contiguous();
+  return {order.contiguous(), at::searchsorted(sorted, starts).contiguous()};
 }
 
 }  // namespace sparsevision

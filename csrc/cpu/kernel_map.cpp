@@ -314,6 +314,9 @@ at::Tensor downsample_indices_cpu(const at::Tensor& indices_in, at::IntArrayRef 
 at::Tensor invert_kernel_map_cpu(const at::Tensor& neighbors_in, int64_t num_inputs) {
   TORCH_CHECK_VALUE(neighbors_in.dim() == 2 && neighbors_in.scalar_type() == at::kInt,
                     "invert_kernel_map: neighbors must be an int32 [M, K] kernel map");
+  TORCH_CHECK_VALUE(num_inputs >= 0, "invert_kernel_map: num_inputs must be >= 0, got ", num_inputs);
+  check_row_count(num_inputs, "invert_kernel_map: the input");
+  check_row_count(neighbors_in.size(0), "invert_kernel_map: neighbors");
   const at::Tensor neighbors = neighbors_in.contiguous();
   const int64_t outputs = neighbors.size(0), taps = neighbors.size(1);
   at::Tensor inverse = at::full({num_inputs, taps}, -1, neighbors.options());
@@ -322,8 +325,9 @@ at::Tensor invert_kernel_map_cpu(const at::Tensor& neighbors_in, int64_t num_inp
   for (int64_t m = 0; m < outputs; ++m) {
     for (int64_t k = 0; k < taps; ++k) {
       const int32_t n = map[m * taps + k];
-      if (n < 0) continue;
-      TORCH_CHECK_VALUE(n < num_inputs, "invert_kernel_map: entry ", n, " is not an input row below ", num_inputs);
+      if (n == -1) continue;
+      TORCH_CHECK_VALUE(n >= 0 && n < num_inputs, "invert_kernel_map: kernel map entries must be -1 or input rows in "
+                        "[0, ", num_inputs, "), got ", n);
       int32_t& slot = result[int64_t(n) * taps + k];
       TORCH_CHECK_VALUE(slot < 0, "invert_kernel_map: input ", n, " is read by outputs ", slot, " and ", m,
                         " through tap ", k, "; that is not a convolution's kernel map");

@@ -1,17 +1,16 @@
 // CUDA kernels of sparsevision::gather_gemm_conv and gather_gemm_conv_weight_grad (the gather-GEMM path of sparse_conv).
 //
-// The kernel map is first split into per-tap pair lists (output row, input
-// row), ordered by tap, then output row. For each tap in turn the input rows
-// are gathered, multiplied by the tap's weight (at::mm / at::bmm, i.e. cuBLAS:
-// tensor cores for half and bfloat16; TF32 for float32 only when torch allows
-// it) and added to their output rows. An output row appears at most once per
-// tap, so the adds need no atomics, and taps are summed in a fixed order:
-// results are reproducible bit for bit. Half and bfloat16 outputs are summed
-// across taps in float32.
+// The kernel map is first split into per-tap pair lists (output row, input row), ordered by tap, then output row.
+// For each tap in turn the input rows are gathered, multiplied by the tap's weight (at::mm / at::bmm, i.e. cuBLAS) and
+// added to their output rows. An output row appears at most once per tap, so the adds need no atomics, and taps are
+// summed in a fixed order: on one GPU model the results are reproducible bit for bit. Half and bfloat16 rows are
+// gathered into float32 and multiplied by a float32 copy of the weight, so products and sums stay in float32 and the
+// result is rounded once (float32 GEMMs use TF32 only when torch.backends.cuda.matmul.allow_tf32 allows it).
 //
-// The weight gradient is, per tap, gathered inputs^T @ gathered output
-// gradients; the input gradient is sparse_conv itself on the inverse map
-// (see sparsevision/ops/sparse_conv.py).
+// This is the fallback path (see sparsevision/ops/gpu/conv.py): splitting the map costs three host syncs per call.
+//
+// The weight gradient is, per tap, gathered inputs^T @ gathered output gradients; the input gradient is
+// sparse_conv itself on the inverse map (see sparsevision/ops/sparse_conv.py).
 #include <ATen/OpMathType.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -22,55 +21,56 @@
 
 #include "../registration.h"
 #include "../sparse_conv.h"
+#include "launch.h"
 
 namespace sparsevision {
 namespace {
 
-constexpr int kThreads = 256;
 
-int blocks_for(int64_t work) {
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>((work + kThreads - 1) / kThreads, 65535)));
-}
-
-// destination[p, c] = source[rows[p], c].
-template <typename scalar_t>
+// destination[p, c] = source[rows[p], c], converted to acc_t.
+template <typename scalar_t, typename acc_t>
 __global__ void gather_rows_kernel(const scalar_t* __restrict__ source, const int64_t* __restrict__ rows,
-                                   int64_t count, int64_t channels, scalar_t* __restrict__ destination) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < count * channels;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    destination[i] = source[rows[i / channels] * channels + i % channels];
+                                   int64_t count, int64_t channels, acc_t* __restrict__ destination) {
+  SV_GRID_STRIDE_LOOP(i, count * channels) {
+    destination[i] = static_cast<acc_t>(source[rows[i / channels] * channels + i % channels]);
   }
 }
 
 // destination[rows[p], c] += source[p, c]; `rows` holds no row twice.
-template <typename scalar_t, typename acc_t>
-__global__ void add_rows_kernel(const scalar_t* __restrict__ source, const int64_t* __restrict__ rows,
-                                int64_t count, int64_t channels, acc_t* __restrict__ destination) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < count * channels;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    destination[rows[i / channels] * channels + i % channels] += static_cast<acc_t>(source[i]);
+template <typename acc_t>
+__global__ void add_rows_kernel(const acc_t* __restrict__ source, const int64_t* __restrict__ rows, int64_t count,
+                                int64_t channels, acc_t* __restrict__ destination) {
+  SV_GRID_STRIDE_LOOP(i, count * channels) {
+    destination[rows[i / channels] * channels + i % channels] += source[i];
   }
 }
 
+at::ScalarType accumulate_type(at::ScalarType type) { return at::toOpMathType(type); }
+
+// source's rows `rows`, in the accumulation dtype: [P, C].
 at::Tensor gather_rows(const at::Tensor& source, const at::Tensor& rows) {
   const int64_t channels = source.size(1);
-  at::Tensor gathered = at::empty({rows.size(0), channels}, source.options());
+  at::Tensor gathered =
+      at::empty({rows.size(0), channels}, source.options().dtype(accumulate_type(source.scalar_type())));
   if (gathered.numel() == 0) return gathered;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, source.scalar_type(), "gather_rows_cuda", [&] {
-    gather_rows_kernel<scalar_t><<<blocks_for(gathered.numel()), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-        source.data_ptr<scalar_t>(), rows.data_ptr<int64_t>(), rows.size(0), channels, gathered.data_ptr<scalar_t>());
+    using acc_t = at::opmath_type<scalar_t>;
+    SV_LAUNCH(blocks_for(gathered.numel()), kThreads, c10::cuda::getCurrentCUDAStream(),
+              gather_rows_kernel<scalar_t, acc_t>)(source.data_ptr<scalar_t>(), rows.data_ptr<int64_t>(),
+                                                   rows.size(0), channels, gathered.data_ptr<acc_t>());
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return gathered;
 }
 
+// destination[rows[p]] += source[p] (both in the accumulation dtype).
 void add_rows(const at::Tensor& source, const at::Tensor& rows, at::Tensor& destination) {
   const int64_t channels = source.size(1);
   if (source.numel() == 0) return;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, source.scalar_type(), "add_rows_cuda", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    add_rows_kernel<scalar_t, acc_t><<<blocks_for(source.numel()), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-        source.data_ptr<scalar_t>(), rows.data_ptr<int64_t>(), rows.size(0), channels, destination.data_ptr<acc_t>());
+  AT_DISPATCH_FLOATING_TYPES(source.scalar_type(), "add_rows_cuda", [&] {
+    SV_LAUNCH(blocks_for(source.numel()), kThreads, c10::cuda::getCurrentCUDAStream(), add_rows_kernel<scalar_t>)(
+        source.data_ptr<scalar_t>(), rows.data_ptr<int64_t>(), rows.size(0), channels,
+        destination.data_ptr<scalar_t>());
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -115,19 +115,16 @@ at::Tensor grouped_outer_product(const at::Tensor& rows, const at::Tensor& grad_
   return per_group.transpose(0, 1).reshape({in_per_group, groups * out_per_group});
 }
 
-at::ScalarType accumulate_type(at::ScalarType type) {
-  return type == at::kHalf || type == at::kBFloat16 ? at::kFloat : type;
-}
-
 at::Tensor sparse_conv_cuda(const at::Tensor& features_in, const at::Tensor& weight_in,
                             const at::Tensor& neighbors_in, const at::Tensor& inverse_neighbors, int64_t groups) {
   check_conv_arguments(features_in, weight_in, neighbors_in, groups);
   const c10::cuda::CUDAGuard guard(features_in.device());
+  const at::ScalarType acc = accumulate_type(features_in.scalar_type());
   const at::Tensor features = features_in.contiguous();
-  const at::Tensor weight = weight_in.contiguous();
+  const at::Tensor weight = weight_in.to(acc).contiguous();
   const at::Tensor neighbors = neighbors_in.contiguous();
   const int64_t outputs = neighbors.size(0), out_channels = weight.size(2);
-  at::Tensor out = at::zeros({outputs, out_channels}, features.options().dtype(accumulate_type(features.scalar_type())));
+  at::Tensor out = at::zeros({outputs, out_channels}, features.options().dtype(acc));
   if (out.numel() == 0) return out.to(features.scalar_type());
   const TapPairs pairs(neighbors, features.size(0));
   for (int64_t k = 0; k < neighbors.size(1); ++k) {

@@ -12,20 +12,14 @@
 #include <torch/library.h>
 
 #include "../coordinates.h"
+#include "../devices.h"
 #include "../registration.h"
+#include "launch.h"
 
 namespace sparsevision {
 namespace {
 
-constexpr int kThreads = 256;
 
-int blocks_for(int64_t work) {
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>((work + kThreads - 1) / kThreads, 65535)));
-}
-
-#define SV_GRID_STRIDE_LOOP(i, count)                                                      \
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < (count); \
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
 
 // keys[row] = linear key of the row in [batch, *shape], or -1 when the row lies outside that grid.
 __global__ void linear_keys_kernel(const int32_t* __restrict__ indices, int64_t rows,
@@ -43,30 +37,30 @@ __global__ void linear_keys_kernel(const int32_t* __restrict__ indices, int64_t 
   }
 }
 
-// Sorted keys of the input rows and the rows holding them; raises on out-of-grid rows and duplicates.
+// Sorted keys of the input rows and the rows holding them; raises on out-of-grid rows and duplicates. Valid input
+// costs one scalar copy to the host; only bad input pays more, to name the offending rows.
 std::pair<at::Tensor, at::Tensor> sorted_input_keys(const at::Tensor& indices, const ConvolutionGeometry& geometry,
                                                     const char* name) {
   const int64_t rows = indices.size(0);
   at::Tensor keys = at::empty({rows}, indices.options().dtype(at::kLong));
   if (rows > 0) {
-    linear_keys_kernel<<<blocks_for(rows), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+    SV_LAUNCH(blocks_for(rows), kThreads, c10::cuda::getCurrentCUDAStream(), linear_keys_kernel)(
         indices.data_ptr<int32_t>(), rows, geometry, keys.data_ptr<int64_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
+  // The one-argument sort(true) would bind to sort(dim=1): spell every argument out.
+  auto [sorted, order] = keys.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false);
+  if (rows == 0) return {sorted, order};
+  // Out-of-grid keys are -1, so they sort first.
+  const at::Tensor bad = at::cat({sorted.slice(0, 0, 1) < 0, sorted.slice(0, 1) == sorted.slice(0, 0, rows - 1)});
+  if (!bad.any().item<bool>()) return {sorted, order};
   const at::Tensor outside = (keys < 0).nonzero();
   TORCH_CHECK_VALUE(outside.size(0) == 0, name, " row ", outside.size(0) ? outside[0][0].item<int64_t>() : 0,
                     " lies outside the grid (negative batch or a coordinate outside spatial_shape)");
-  auto [sorted, order] = keys.sort(/*stable=*/true);
-  if (rows > 1) {
-    const at::Tensor repeated = (sorted.slice(0, 1) == sorted.slice(0, 0, rows - 1)).nonzero();
-    if (repeated.size(0) > 0) {
-      const int64_t at_position = repeated[0][0].item<int64_t>();
-      TORCH_CHECK_VALUE(false, name, " has duplicate coordinates (rows ", order[at_position].item<int64_t>(),
-                        " and ", order[at_position + 1].item<int64_t>(),
-                        "); merge duplicate points first (e.g. voxelize with mean pooling)");
-    }
-  }
-  return {sorted, order};
+  const int64_t at_position = bad.nonzero()[0][0].item<int64_t>() - 1;
+  TORCH_CHECK_VALUE(false, name, " has duplicate coordinates (rows ", order[at_position].item<int64_t>(), " and ",
+                    order[at_position + 1].item<int64_t>(),
+                    "); merge duplicate points first (e.g. voxelize with mean pooling)");
 }
 
 __device__ int64_t lower_bound(const int64_t* __restrict__ keys, int64_t count, int64_t key) {
@@ -115,15 +109,16 @@ at::Tensor kernel_map_cuda(const at::Tensor& in_indices_in, const at::Tensor& ou
   const ConvolutionGeometry geometry(spatial_shape, kernel_size, stride, padding, dilation);
   check_coordinate_tensor(in_indices_in, geometry.dims, "kernel_map: in_indices");
   check_coordinate_tensor(out_indices_in, geometry.dims, "kernel_map: out_indices");
+  check_same_device("kernel_map", {{"in_indices", in_indices_in}, {"out_indices", out_indices_in}});
   const c10::cuda::CUDAGuard guard(in_indices_in.device());
   const at::Tensor in_indices = in_indices_in.contiguous();
   const at::Tensor out_indices = out_indices_in.contiguous();
   const int64_t outputs = out_indices.size(0);
-  at::Tensor neighbors = at::full({outputs, geometry.taps}, -1, out_indices.options());
-  if (outputs == 0 || in_indices.size(0) == 0) return neighbors;
+  if (outputs == 0 || in_indices.size(0) == 0) return at::full({outputs, geometry.taps}, -1, out_indices.options());
+  at::Tensor neighbors = at::empty({outputs, geometry.taps}, out_indices.options());  // the kernel fills every slot
   const auto [sorted_keys, order] = sorted_input_keys(in_indices, geometry, "kernel_map: in_indices");
-  kernel_map_kernel<<<blocks_for(outputs * geometry.taps), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-      out_indices.data_ptr<int32_t>(), outputs, geometry, sorted_keys.data_ptr<int64_t>(), order.data_ptr<int64_t>(),
+  SV_LAUNCH(blocks_for(outputs * geometry.taps), kThreads, c10::cuda::getCurrentCUDAStream(),
+            kernel_map_kernel)(out_indices.data_ptr<int32_t>(), outputs, geometry, sorted_keys.data_ptr<int64_t>(), order.data_ptr<int64_t>(),
       in_indices.size(0), neighbors.data_ptr<int32_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return neighbors;
@@ -183,31 +178,31 @@ at::Tensor downsample_indices_cuda(const at::Tensor& indices_in, at::IntArrayRef
   const int64_t rows = indices.size(0);
   at::Tensor candidates = at::empty({rows * geometry.taps}, indices.options().dtype(at::kLong));
   if (rows > 0) {
-    downsample_candidates_kernel<<<blocks_for(rows * geometry.taps), kThreads, 0,
-                                   c10::cuda::getCurrentCUDAStream()>>>(indices.data_ptr<int32_t>(), rows, geometry,
-                                                                        output, candidates.data_ptr<int64_t>());
+    SV_LAUNCH(blocks_for(rows * geometry.taps), kThreads, c10::cuda::getCurrentCUDAStream(),
+              downsample_candidates_kernel)(indices.data_ptr<int32_t>(), rows, geometry, output,
+                                            candidates.data_ptr<int64_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   const at::Tensor sorted = std::get<0>(candidates.masked_select(candidates >= 0).sort());
   const at::Tensor keys = std::get<0>(at::unique_consecutive(sorted)).contiguous();
   at::Tensor result = at::empty({keys.size(0), dims + 1}, indices.options());
   if (keys.size(0) > 0) {
-    decode_keys_kernel<<<blocks_for(keys.size(0)), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+    SV_LAUNCH(blocks_for(keys.size(0)), kThreads, c10::cuda::getCurrentCUDAStream(), decode_keys_kernel)(
         keys.data_ptr<int64_t>(), keys.size(0), output, result.data_ptr<int32_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   return result;
 }
 
-// inverse[neighbors[m, k], k] = m. A slot claimed twice (two outputs read one input through one tap) or an entry
-// outside [0, num_inputs) sets a bit of `problems` (1: out of range, 2: not invertible).
+// inverse[neighbors[m, k], k] = m. An entry other than -1 outside [0, num_inputs) or a slot claimed twice (two
+// outputs read one input through one tap) sets a bit of `problems` (1: out of range, 2: not invertible).
 __global__ void invert_kernel_map_kernel(const int32_t* __restrict__ neighbors, int64_t outputs, int64_t taps,
                                          int64_t num_inputs, int32_t* __restrict__ inverse,
                                          int32_t* __restrict__ problems) {
   SV_GRID_STRIDE_LOOP(slot, outputs * taps) {
     const int32_t n = neighbors[slot];
-    if (n < 0) continue;
-    if (n >= num_inputs) {
+    if (n == -1) continue;
+    if (n < 0 || n >= num_inputs) {
       atomicOr(problems, 1);
       continue;
     }
@@ -219,18 +214,22 @@ __global__ void invert_kernel_map_kernel(const int32_t* __restrict__ neighbors, 
 at::Tensor invert_kernel_map_cuda(const at::Tensor& neighbors_in, int64_t num_inputs) {
   TORCH_CHECK_VALUE(neighbors_in.dim() == 2 && neighbors_in.scalar_type() == at::kInt,
                     "invert_kernel_map: neighbors must be an int32 [M, K] kernel map");
+  TORCH_CHECK_VALUE(num_inputs >= 0, "invert_kernel_map: num_inputs must be >= 0, got ", num_inputs);
+  check_row_count(num_inputs, "invert_kernel_map: the input");
+  check_row_count(neighbors_in.size(0), "invert_kernel_map: neighbors");
   const c10::cuda::CUDAGuard guard(neighbors_in.device());
   const at::Tensor neighbors = neighbors_in.contiguous();
   const int64_t outputs = neighbors.size(0), taps = neighbors.size(1);
   at::Tensor inverse = at::full({num_inputs, taps}, -1, neighbors.options());
   if (neighbors.numel() == 0) return inverse;
   at::Tensor problems = at::zeros({1}, neighbors.options());
-  invert_kernel_map_kernel<<<blocks_for(neighbors.numel()), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-      neighbors.data_ptr<int32_t>(), outputs, taps, num_inputs, inverse.data_ptr<int32_t>(),
+  SV_LAUNCH(blocks_for(neighbors.numel()), kThreads, c10::cuda::getCurrentCUDAStream(),
+            invert_kernel_map_kernel)(neighbors.data_ptr<int32_t>(), outputs, taps, num_inputs, inverse.data_ptr<int32_t>(),
       problems.data_ptr<int32_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   const int32_t found = problems.item<int32_t>();
-  TORCH_CHECK_VALUE(!(found & 1), "invert_kernel_map: the map names inputs at or above ", num_inputs);
+  TORCH_CHECK_VALUE(!(found & 1), "invert_kernel_map: kernel map entries must be -1 or input rows in [0, ",
+                    num_inputs, ")");
   TORCH_CHECK_VALUE(!(found & 2), "invert_kernel_map: an input is read by two outputs through the same tap; "
                     "that is not a convolution's kernel map");
   return inverse;

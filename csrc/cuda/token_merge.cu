@@ -1,10 +1,7 @@
 // CUDA kernel of sparsevision::merge_tokens (semantics in csrc/cpu/token_merge.cpp).
 //
-// Unverified on a GPU: this file is compiled but was written and tested without one.
-//
-// Deterministic without atomics. A stable sort of each sample's index lists
-// every slot's tokens in ascending order (order), and searchsorted gives where
-// each slot's run starts (slot_offsets). Then one thread per (sample, slot)
+// Deterministic without atomics. runs_by_value (csrc/token_routing.h) lists every slot's tokens in ascending order
+// (order) and where each slot's run starts (slot_offsets). Then one thread per (sample, slot)
 // sums merged_sizes and one thread per (sample, slot, channel) sums the
 // products sizes * tokens, both walking the run in ascending token order, as
 // the CPU kernel does. Products are rounded before the add (__fmul_rn /
@@ -20,11 +17,10 @@
 
 #include "../registration.h"
 #include "../token_routing.h"
+#include "launch.h"
 
 namespace sparsevision {
 namespace {
-
-constexpr int kThreads = 256;
 
 __device__ __forceinline__ float rounded_product(float a, float b) { return __fmul_rn(a, b); }
 __device__ __forceinline__ double rounded_product(double a, double b) { return __dmul_rn(a, b); }
@@ -68,9 +64,6 @@ __global__ void merge_tokens_kernel(const scalar_t* __restrict__ tokens, const s
   }
 }
 
-int blocks_for(int64_t work) {
-  return static_cast<int>(std::min<int64_t>((work + kThreads - 1) / kThreads, 65535));
-}
 
 std::tuple<at::Tensor, at::Tensor> merge_tokens_cuda(const at::Tensor& tokens_in, const at::Tensor& sizes_in,
                                                      const at::Tensor& index_in, int64_t num_out) {
@@ -83,18 +76,16 @@ std::tuple<at::Tensor, at::Tensor> merge_tokens_cuda(const at::Tensor& tokens_in
   at::Tensor merged = at::empty({batch, num_out, channels}, tokens.options());
   at::Tensor merged_sizes = at::zeros({batch, num_out}, sizes.options().dtype(at::toOpMathType(sizes.scalar_type())));
   if (batch * num_out == 0 || num_tokens == 0) return {merged.zero_(), merged_sizes.to(sizes.scalar_type())};
-  const auto [sorted_index, order] = index.sort(/*stable=*/true, /*dim=*/1, /*descending=*/false);
-  const at::Tensor slot_starts = at::arange(num_out + 1, index.options()).expand({batch, num_out + 1}).contiguous();
-  const at::Tensor slot_offsets = at::searchsorted(sorted_index, slot_starts);
+  const auto [order, slot_offsets] = runs_by_value(index, num_out);
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, tokens.scalar_type(), "merge_tokens_cuda", [&] {
     using accumulate_t = at::opmath_type<scalar_t>;
-    merged_sizes_kernel<scalar_t, accumulate_t><<<blocks_for(batch * num_out), kThreads, 0, stream>>>(
+    SV_LAUNCH(blocks_for(batch * num_out), kThreads, stream, merged_sizes_kernel<scalar_t, accumulate_t>)(
         sizes.data_ptr<scalar_t>(), order.data_ptr<int64_t>(), slot_offsets.data_ptr<int64_t>(),
         merged_sizes.data_ptr<accumulate_t>(), num_tokens, num_out, batch * num_out);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     if (merged.numel() == 0) return;
-    merge_tokens_kernel<scalar_t, accumulate_t><<<blocks_for(merged.numel()), kThreads, 0, stream>>>(
+    SV_LAUNCH(blocks_for(merged.numel()), kThreads, stream, merge_tokens_kernel<scalar_t, accumulate_t>)(
         tokens.data_ptr<scalar_t>(), sizes.data_ptr<scalar_t>(), order.data_ptr<int64_t>(),
         slot_offsets.data_ptr<int64_t>(), merged_sizes.data_ptr<accumulate_t>(), merged.data_ptr<scalar_t>(),
         num_tokens, num_out, channels, merged.numel());

@@ -1,10 +1,10 @@
 // CUDA kernels of sparsevision::gather_tokens and sparsevision::scatter_tokens.
 //
-// Deterministic without atomics: scatter_tokens gives every (batch, channel)
-// column to one thread, which adds the K rows in index order. Index values
-// are validated on the host-visible path (sparsevision.ops checks them before
-// calling); the kernels skip out-of-range entries instead of writing out of
-// bounds. Half and bfloat16 accumulate in float32.
+// Deterministic without atomics: scatter_tokens groups each sample's rows by destination (runs_by_value in
+// csrc/token_routing.h) and gives every output element to one thread, which adds its rows in index order, as the CPU
+// kernel does, so the sums match it bitwise. Index values are validated by the Python wrappers (sparsevision.ops);
+// the kernels skip out-of-range entries instead of reading or writing out of bounds. Half and bfloat16 accumulate in
+// float32.
 #include <ATen/OpMathType.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -13,11 +13,10 @@
 
 #include "../registration.h"
 #include "../token_routing.h"
+#include "launch.h"
 
 namespace sparsevision {
 namespace {
-
-constexpr int kThreads = 256;
 
 template <typename scalar_t>
 __global__ void gather_tokens_kernel(const scalar_t* __restrict__ src, const int64_t* __restrict__ idx,
@@ -33,25 +32,22 @@ __global__ void gather_tokens_kernel(const scalar_t* __restrict__ src, const int
   }
 }
 
+// dst[b, n, c] = the sum, in position order, of src[b, k, c] over the k with index[b, k] == n.
 template <typename scalar_t, typename accumulate_t>
-__global__ void scatter_tokens_kernel(const scalar_t* __restrict__ src, const int64_t* __restrict__ idx,
-                                      accumulate_t* __restrict__ dst, int64_t batch, int64_t count,
-                                      int64_t num_tokens, int64_t channels) {
-  const int64_t columns = batch * channels;
-  for (int64_t column = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; column < columns;
-       column += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t b = column / channels;
-    const int64_t c = column % channels;
-    for (int64_t k = 0; k < count; ++k) {
-      const int64_t n = idx[b * count + k];
-      if (n < 0 || n >= num_tokens) continue;
-      dst[(b * num_tokens + n) * channels + c] += static_cast<accumulate_t>(src[(b * count + k) * channels + c]);
+__global__ void scatter_tokens_kernel(const scalar_t* __restrict__ src, const int64_t* __restrict__ order,
+                                      const int64_t* __restrict__ runs, scalar_t* __restrict__ dst, int64_t count,
+                                      int64_t num_tokens, int64_t channels, int64_t total) {
+  SV_GRID_STRIDE_LOOP(element, total) {
+    const int64_t c = element % channels;
+    const int64_t row = element / channels;  // b * num_tokens + n
+    const int64_t b = row / num_tokens;
+    const int64_t* run = runs + b * (num_tokens + 1) + row % num_tokens;
+    accumulate_t sum = 0;
+    for (int64_t position = run[0]; position < run[1]; ++position) {
+      sum += static_cast<accumulate_t>(src[(b * count + order[b * count + position]) * channels + c]);
     }
+    dst[element] = static_cast<scalar_t>(sum);
   }
-}
-
-int blocks_for(int64_t work) {
-  return static_cast<int>(std::min<int64_t>((work + kThreads - 1) / kThreads, 65535));
 }
 
 at::Tensor gather_tokens_cuda(const at::Tensor& tokens_in, const at::Tensor& index_in) {
@@ -64,8 +60,8 @@ at::Tensor gather_tokens_cuda(const at::Tensor& tokens_in, const at::Tensor& ind
   at::Tensor out = at::empty({batch, count, channels}, tokens.options());
   if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, tokens.scalar_type(), "gather_tokens_cuda", [&] {
-    gather_tokens_kernel<scalar_t><<<blocks_for(out.numel()), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-        tokens.data_ptr<scalar_t>(), index.data_ptr<int64_t>(), out.data_ptr<scalar_t>(), count, num_tokens,
+    SV_LAUNCH(blocks_for(out.numel()), kThreads, c10::cuda::getCurrentCUDAStream(),
+              gather_tokens_kernel<scalar_t>)(tokens.data_ptr<scalar_t>(), index.data_ptr<int64_t>(), out.data_ptr<scalar_t>(), count, num_tokens,
         channels, out.numel());
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -77,18 +73,19 @@ at::Tensor scatter_tokens_cuda(const at::Tensor& tokens_in, const at::Tensor& in
   const c10::cuda::CUDAGuard guard(tokens_in.device());
   const at::Tensor tokens = tokens_in.contiguous();
   const at::Tensor index = index_in.contiguous();
-  const int64_t batch = tokens.size(0), count = tokens.size(1), channels = tokens.size(2);
-  at::Tensor out = scatter_accumulator(tokens, num_tokens);
-  if (tokens.numel() == 0 || out.numel() == 0) return out.to(tokens.scalar_type());
+  const int64_t count = tokens.size(1), channels = tokens.size(2);
+  at::Tensor out = at::empty({tokens.size(0), num_tokens, channels}, tokens.options());
+  if (tokens.numel() == 0 || out.numel() == 0) return out.zero_();  // the kernel writes every element otherwise
+  const auto [order, runs] = runs_by_value(index, num_tokens);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, tokens.scalar_type(), "scatter_tokens_cuda", [&] {
     using accumulate_t = at::opmath_type<scalar_t>;
-    scatter_tokens_kernel<scalar_t, accumulate_t>
-        <<<blocks_for(batch * channels), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-            tokens.data_ptr<scalar_t>(), index.data_ptr<int64_t>(), out.data_ptr<accumulate_t>(), batch, count,
-            num_tokens, channels);
+    SV_LAUNCH(blocks_for(out.numel()), kThreads, c10::cuda::getCurrentCUDAStream(),
+              scatter_tokens_kernel<scalar_t, accumulate_t>)(tokens.data_ptr<scalar_t>(), order.data_ptr<int64_t>(),
+                                                             runs.data_ptr<int64_t>(), out.data_ptr<scalar_t>(), count,
+                                                             num_tokens, channels, out.numel());
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return out.to(tokens.scalar_type());
+  return out;
 }
 
 }  // namespace

@@ -1,7 +1,5 @@
 // CUDA kernel of sparsevision::select_tokens (semantics in csrc/cpu/token_select.cpp).
 //
-// Unverified on a GPU: this file is compiled but was written and tested without one.
-//
 // Composed of ATen ops, each deterministic: a stable descending sort of the
 // scores with NaN read as -inf ranks by score and then by position; a stable
 // sort of the NaN flags in that order moves NaN after -inf; the keep first
@@ -24,7 +22,8 @@ at::Tensor select_tokens_cuda(const at::Tensor& scores, int64_t keep, int64_t nu
   const int64_t batch = scores.size(0);
   const at::TensorOptions index_options = scores.options().dtype(at::kLong);
   const at::Tensor prefix = at::arange(num_prefix, index_options).expand({batch, num_prefix});
-  if (keep == 0 || batch == 0) return prefix.contiguous();
+  if (keep == 0) return prefix.contiguous();
+  if (batch == 0) return at::empty({0, num_prefix + keep}, index_options);
   const at::Tensor is_nan = scores.isnan();
   const at::Tensor by_score = std::get<1>(
       scores.masked_fill(is_nan, -std::numeric_limits<double>::infinity()).sort(/*stable=*/true, 1, true));

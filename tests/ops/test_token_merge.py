@@ -445,31 +445,37 @@ def test_reference_fallback_matches_native(tmp_path, python_process):
         assert_bitwise_equal(actual, expected)
 
 
-@requires_cuda_kernels
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float64, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize('batch, num_tokens, channels, num_out, used_slots', [
     (3, 50, 70, 50, None), (3, 50, 70, 40, 2), (1, 197, 384, 184, None), (256, 12, 16, 5, None),
     (2, 0, 5, 3, None), (0, 7, 5, 3, None), (3, 7, 0, 4, None), (1, 3000, 8, 2, None),
 ])
-def test_cuda_matches_reference(dtype, batch, num_tokens, channels, num_out, used_slots):
+def test_cuda_matches_reference(cuda_backend, dtype, batch, num_tokens, channels, num_out, used_slots):
     tokens, sizes, index = make_inputs(batch, num_tokens, channels, num_out, dtype, used_slots)
-    merged, merged_sizes = merge_tokens(tokens.cuda(), sizes.cuda(), index.cuda(), num_out)
+    with cuda_backend:
+        merged, merged_sizes = merge_tokens(*map(cuda_backend.to, (tokens, sizes, index)), num_out)
     # Products rounded, added in token order, divided once: as on CPU, so bitwise equal.
     assert_merge_equal((merged.cpu(), merged_sizes.cpu()), expected_merge(tokens, sizes, index, num_out))
 
 
-@requires_cuda_kernels
-def test_cuda_is_deterministic_and_differentiable():
-    tokens, sizes, index = make_inputs(4, 4096, 256, 8, torch.float32, used_slots=3, seed=3, device='cuda')
-    first = merge_tokens(tokens, sizes, index, 8)
-    for _ in range(3):
-        assert_merge_equal(merge_tokens(tokens, sizes, index, 8), first)
+def test_cuda_is_deterministic_and_differentiable(cuda_backend):
+    tokens, sizes, index = make_inputs(4, 4096, 256, 8, torch.float32, used_slots=3, seed=3,
+                                       device=cuda_backend.device)
+    with cuda_backend:
+        first = merge_tokens(tokens, sizes, index, 8)
+        for _ in range(3):
+            assert_merge_equal(merge_tokens(tokens, sizes, index, 8), first)
     index, num_out = INDEX_CASES['empty slots']
-    index = index.cuda()
-    tokens, sizes, _ = make_inputs(2, 5, 3, num_out, torch.float64, device='cuda')
+    index = cuda_backend.to(index)
+    tokens, sizes, _ = make_inputs(2, 5, 3, num_out, torch.float64, device=cuda_backend.device)
     inputs = (tokens.requires_grad_(), sizes.requires_grad_())
-    assert torch.autograd.gradcheck(lambda x, s: merge_tokens(x, s, index, num_out), inputs)
-    assert torch.autograd.gradgradcheck(lambda x, s: merge_tokens(x, s, index, num_out), inputs)
+    with cuda_backend:
+        assert torch.autograd.gradcheck(lambda x, s: merge_tokens(x, s, index, num_out), inputs)
+        assert torch.autograd.gradgradcheck(lambda x, s: merge_tokens(x, s, index, num_out), inputs)
+
+
+@requires_cuda_kernels
+def test_cuda_opcheck():
     for tokens, sizes, index, num_out in opcheck_samples():
         torch.library.opcheck(MERGE_OP, (tokens.cuda(), sizes.cuda(), index.cuda(), num_out))
 

@@ -330,31 +330,35 @@ def test_reference_fallback_matches_native(tmp_path, python_process):
     assert_bitwise_equal(fallback_grad, tokens.grad)
 
 
-@requires_cuda_kernels
 @pytest.mark.parametrize('dtype', ALL_DTYPES, ids=str)
 @pytest.mark.parametrize('batch, num_tokens, count, channels, distinct_rows', [
     (4, 50, 60, 70, None), (4, 50, 60, 70, 2), (1, 197, 138, 384, None), (512, 12, 9, 16, None),
     (2, 7, 0, 5, None), (0, 7, 3, 5, None), (3, 7, 4, 0, None),
 ])
-def test_cuda_matches_reference(dtype, batch, num_tokens, count, channels, distinct_rows):
+def test_cuda_matches_reference(cuda_backend, dtype, batch, num_tokens, count, channels, distinct_rows):
     tokens, rows, index = make_inputs(batch, num_tokens, count, channels, dtype, distinct_rows)
-    gathered = gather_tokens(tokens.cuda(), index.cuda())
-    scattered = scatter_tokens(rows.cuda(), index.cuda(), num_tokens)
+    with cuda_backend:
+        gathered = gather_tokens(cuda_backend.to(tokens), cuda_backend.to(index))
+        scattered = scatter_tokens(cuda_backend.to(rows), cuda_backend.to(index), num_tokens)
     assert_bitwise_equal(gathered.cpu(), expected_gather(tokens, index))
     # One thread adds each (batch, channel) column in index order, as on CPU, so the sums are bitwise equal.
     assert_bitwise_equal(scattered.cpu(), expected_scatter(rows, index, num_tokens))
 
 
+def test_cuda_is_deterministic_and_differentiable(cuda_backend):
+    _, rows, index = make_inputs(4, 8, 4096, 256, torch.float32, distinct_rows=3, seed=3, device=cuda_backend.device)
+    tokens = torch.randn(2, 5, 3, dtype=torch.float64, device=cuda_backend.device, requires_grad=True)
+    duplicates = cuda_backend.to(INDEX_CASES['duplicates'])
+    with cuda_backend:
+        first = scatter_tokens(rows, index, 8)
+        for _ in range(3):
+            assert_bitwise_equal(scatter_tokens(rows, index, 8), first)
+        assert torch.autograd.gradcheck(gather_tokens, (tokens, duplicates))
+        assert torch.autograd.gradgradcheck(gather_tokens, (tokens, duplicates))
+
+
 @requires_cuda_kernels
-def test_cuda_is_deterministic_and_differentiable():
-    _, rows, index = make_inputs(4, 8, 4096, 256, torch.float32, distinct_rows=3, seed=3, device='cuda')
-    first = scatter_tokens(rows, index, 8)
-    for _ in range(3):
-        assert_bitwise_equal(scatter_tokens(rows, index, 8), first)
-    tokens = torch.randn(2, 5, 3, dtype=torch.float64, device='cuda', requires_grad=True)
-    duplicates = INDEX_CASES['duplicates'].cuda()
-    assert torch.autograd.gradcheck(gather_tokens, (tokens, duplicates))
-    assert torch.autograd.gradgradcheck(gather_tokens, (tokens, duplicates))
+def test_cuda_opcheck():
     for tokens, rows, index, num_tokens in opcheck_samples():
         torch.library.opcheck(GATHER_OP, (tokens.cuda(), index.cuda()))
         torch.library.opcheck(SCATTER_OP, (rows.cuda(), index.cuda(), num_tokens))

@@ -238,16 +238,20 @@ def test_reference_fallback_matches_native(tmp_path, python_process):
     assert_index_equal(torch.load(tmp_path / 'out.pt'), select_tokens(scores, 40, 2))
 
 
-@requires_cuda_kernels
 @pytest.mark.parametrize('dtype', DTYPES, ids=str)
 @pytest.mark.parametrize('kind', KINDS)
 @pytest.mark.parametrize('batch, num_tokens, keep, num_prefix', [
     (3, 300, 150, 5), (32, 196, 137, 1), (2, 50, 0, 2), (2, 50, 50, 0), (1, 1, 1, 0), (2, 0, 0, 3), (0, 10, 4, 1),
 ])
-def test_cuda_matches_cpu(dtype, kind, batch, num_tokens, keep, num_prefix):
+def test_cuda_matches_cpu(cuda_backend, dtype, kind, batch, num_tokens, keep, num_prefix):
     scores = make_scores(batch, num_tokens, dtype, kind, seed=num_tokens)
-    index = select_tokens(scores.cuda(), keep, num_prefix)
-    assert index.device.type == 'cuda'
+    with cuda_backend:
+        index = select_tokens(cuda_backend.to(scores), keep, num_prefix)
+    assert index.device == cuda_backend.device
     assert_index_equal(index.cpu(), brute_force(scores, keep, num_prefix))
+
+
+@requires_cuda_kernels
+def test_cuda_opcheck():
     for scores, keep, num_prefix in opcheck_samples():
         torch.library.opcheck(SELECT_OP, (scores.cuda(), keep, num_prefix))
