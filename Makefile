@@ -5,6 +5,8 @@
 #   make demo   the demos on their embedded data (outputs/demo/)
 #   make bench  the benchmarks in --quick mode (outputs/bench/)
 #   make package-check  sdist -> isolated wheel build -> fresh venv -> installed commands run outside the tree
+#   make emulation  the CPU emulation of the CUDA kernels (tests/cuda_emulation.py), which the CUDA tests run on
+#   make emulation-sanitize  the emulated CUDA tests again, built with AddressSanitizer and UBSan
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -16,7 +18,7 @@ NATIVE_SOURCES := $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cuda/*.cu)
 EXTENSION := sparsevision/_C.so
 PYTEST_ARGS ?=
 
-.PHONY: venv build test demo bench clean system-deps package-check
+.PHONY: venv build test demo bench clean system-deps package-check emulation emulation-sanitize
 
 venv: $(VENV)/.installed
 
@@ -40,7 +42,20 @@ $(EXTENSION): $(VENV)/.installed $(NATIVE_SOURCES) setup.py
 
 build: $(EXTENSION)
 
-test: build system-deps
+EMULATED_TESTS := tests/ops/test_cuda_sparse_kernels.py tests/ops/test_token_routing.py tests/ops/test_token_merge.py \
+	tests/ops/test_token_select.py
+# ASan must come first in the process, and its __cxa_throw interceptor needs libstdc++ loaded beside it.
+SANITIZER_PRELOAD = $(shell gcc -print-file-name=libasan.so) $(shell gcc -print-file-name=libstdc++.so)
+
+emulation: $(VENV)/.installed
+	$(PY) tests/cuda_emulation.py
+
+emulation-sanitize: build
+	SV_EMULATION_SANITIZE=1 $(PY) tests/cuda_emulation.py
+	SV_EMULATION_SANITIZE=1 ASAN_OPTIONS=detect_leaks=0:halt_on_error=1 UBSAN_OPTIONS=halt_on_error=1 \
+	  LD_PRELOAD="$(SANITIZER_PRELOAD)" $(PY) -m pytest -q -p no:cacheprovider $(EMULATED_TESTS) -k emulated
+
+test: build emulation system-deps
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 demo: build system-deps

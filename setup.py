@@ -68,7 +68,8 @@ def native_extensions():
         extension = cpp_extension.CUDAExtension(
             'sparsevision._C', cpp_sources + cuda_sources,
             define_macros=[('WITH_CUDA', None)] + fingerprint,
-            extra_compile_args={'cxx': cxx_flags, 'nvcc': ['-O3']},
+            # ptxas reports register spills and local-memory use of every kernel in the build log
+            extra_compile_args={'cxx': cxx_flags, 'nvcc': ['-O3', '-Xptxas=-warn-spills,-warn-lmem-usage']},
             py_limited_api=True)
     else:
         reason = 'SV_WITH_CUDA=0' if not wanted else 'no CUDA toolkit found; set CUDA_HOME or FORCE_CUDA=1'

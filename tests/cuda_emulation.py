@@ -117,3 +117,8 @@ def backends():
     if os.environ.get('SV_SKIP_EMULATION') != '1':
         found += [Backend('emulated'), Backend('emulated', 'shuffle')]
     return found
+
+
+if __name__ == '__main__':
+    load()
+    print(f'CUDA emulation built and loaded ({"sanitized" if SANITIZE else "plain"})')

@@ -12,6 +12,7 @@ import torch
 from . import library  # noqa: F401  (defines the ops and loads their kernels)
 from .coordinates import (MAX_LINEAR_KEY, IntOrSequence, convolution_geometry, expand_argument,
                           output_spatial_shape)
+from .devices import check_same_device
 
 _kernel_map = torch.ops.sparsevision.kernel_map.default
 _downsample_indices = torch.ops.sparsevision.downsample_indices.default
@@ -78,11 +79,13 @@ def build_kernel_map(in_indices: torch.Tensor, out_indices: torch.Tensor, spatia
         kernel_size, stride, padding, dilation: an int or ``D`` ints.
 
     Raises:
-        ValueError: bad coordinates (see :func:`check_indices`) or duplicate input sites.
+        ValueError: bad coordinates (see :func:`check_indices`), duplicate input sites, or the two coordinate sets
+            on different devices.
     """
     geometry = convolution_geometry(len(spatial_shape), kernel_size, stride, padding, dilation)
     out_shape = output_spatial_shape(spatial_shape, *geometry)
     same_sites = out_indices is in_indices and list(out_shape) == list(spatial_shape)
+    check_same_device('build_kernel_map', in_indices=in_indices, out_indices=out_indices)
     in_indices = check_indices(in_indices, spatial_shape, name='in_indices')
     out_indices = in_indices if same_sites else check_indices(out_indices, out_shape, name='out_indices')
     return _kernel_map(in_indices, out_indices, list(spatial_shape), *map(list, geometry))

@@ -7,6 +7,7 @@ import torch
 
 from ..ops import check_indices
 from ..ops.coordinates import as_integer, sorted_distinct_keys
+from ..ops.devices import check_same_device
 
 
 class KernelMapCache(dict):
@@ -99,6 +100,7 @@ class SparseTensor:
         if indices.dim() != 2 or features.shape[0] != indices.shape[0]:
             raise ValueError(f'features have {features.shape[0]} rows but indices have shape {tuple(indices.shape)}; '
                              'each feature row needs one coordinate row')
+        check_same_device('SparseTensor', features=features, indices=indices)
         indices = check_indices(indices, spatial_shape, batch_size)
         self._init(features, indices, spatial_shape, batch_size, {} if indice_dict is None else indice_dict,
                    KernelMapCache())
@@ -126,6 +128,7 @@ class SparseTensor:
     def features(self, value: torch.Tensor) -> None:
         if value.dim() != 2 or value.shape[0] != self.indices.shape[0]:
             raise ValueError(f'new features must be [{self.indices.shape[0]}, C], got {tuple(value.shape)}')
+        check_same_device('SparseTensor.features', features=value, indices=self.indices)
         self._features = value
 
     @property
@@ -141,6 +144,7 @@ class SparseTensor:
         """The same sites (and cached kernel maps) with new features ``[N, C']``."""
         if features.dim() != 2 or features.shape[0] != self.indices.shape[0]:
             raise ValueError(f'replacement features must be [{self.indices.shape[0]}, C], got {tuple(features.shape)}')
+        check_same_device('replace_feature', features=features, indices=self.indices)
         return self._derived(features, self.indices, self.spatial_shape, self.batch_size, self.indice_dict,
                              self.kernel_maps)
 

@@ -237,3 +237,20 @@ def test_opcheck():
     sites = random_sites(200, [8, 8, 8]).cuda()
     torch.library.opcheck(torch.ops.sparsevision.kernel_map.default,
                           (sites, sites, [8, 8, 8], [3] * 3, [1] * 3, [1] * 3, [1] * 3))
+
+
+def test_python_entry_points_refuse_tensors_on_other_devices():
+    """The Python wrappers and SparseTensor name both devices before any kernel runs (a meta tensor stands in for the
+    stray device here; on a GPU, test_cuda_ops_refuse_cpu_maps_and_indices does the same with CUDA)."""
+    from sparsevision.sparse import SparseTensor
+    sites = random_sites(20, [6, 6, 6])
+    features = torch.randn(20, 4)
+    with pytest.raises(ValueError, match='out_indices is on meta but in_indices is on cpu'):
+        ops.build_kernel_map(sites, _on_meta(sites), [6] * 3, 3, 1, 1)
+    with pytest.raises(ValueError, match='indices is on cpu but features is on meta'):
+        SparseTensor(_on_meta(features), sites, [6] * 3, 2)
+    tensor = SparseTensor(features, sites, [6] * 3, 2)
+    with pytest.raises(ValueError, match='indices is on cpu but features is on meta'):
+        tensor.replace_feature(_on_meta(features))
+    with pytest.raises(ValueError, match='indices is on cpu but features is on meta'):
+        tensor.features = _on_meta(features)
