@@ -30,7 +30,7 @@ def sparse_conv(features: torch.Tensor, weight: torch.Tensor, neighbors: torch.T
         ``[M, C_out]`` output features.
 
     Raises:
-        ValueError: on mismatched shapes, channels, dtypes or kernel maps.
+        ValueError: on mismatched shapes, channels, dtypes, devices or kernel maps.
     """
     if features.dim() != 2 or weight.dim() != 3:
         raise ValueError(f'sparse_conv: features must be [N, C] and weight [taps, in/groups, out], got '
@@ -43,6 +43,9 @@ def sparse_conv(features: torch.Tensor, weight: torch.Tensor, neighbors: torch.T
                          f'not fit {features.shape[0]} inputs and {weight.shape[0]} taps')
     if features.dtype != weight.dtype:
         raise ValueError(f'sparse_conv: features are {features.dtype} but weight is {weight.dtype}')
+    if not features.device == weight.device == neighbors.device == inverse_neighbors.device:
+        raise ValueError(f'sparse_conv: features, weight and kernel maps must be on one device, got '
+                         f'{features.device}, {weight.device}, {neighbors.device} and {inverse_neighbors.device}')
     return _sparse_conv(features, weight, neighbors, inverse_neighbors, groups)
 
 
