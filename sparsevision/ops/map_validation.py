@@ -51,11 +51,16 @@ def require_valid(neighbors: torch.Tensor, num_inputs: int, op: str) -> None:
         raise ValueError(f'{op}: kernel map entries must be -1 or rows of features (< {num_inputs})')
 
 
+def capturing(neighbors: torch.Tensor) -> bool:
+    """Whether ``neighbors``' device is capturing a CUDA graph on the current stream."""
+    return neighbors.is_cuda and torch.cuda.is_current_stream_capturing()
+
+
 def _measure(neighbors: torch.Tensor, op: str) -> int:
     """One more than the largest entry (``_INVALID_BOUND`` if an entry is below -1), with one sync."""
     if neighbors.numel() == 0:
         return 0
-    if neighbors.is_cuda and torch.cuda.is_current_stream_capturing():
+    if capturing(neighbors):
         raise ValueError(f'{op}: this kernel map was never checked, and checking it needs a sync, which CUDA-graph '
                          'capture forbids; build it with sparsevision.ops.build_kernel_map, or run the layer once '
                          'before capturing')
