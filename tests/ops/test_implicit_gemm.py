@@ -262,3 +262,79 @@ def test_gpu_conv_algorithm():
         conv.gpu_conv_algorithm(features64, weight64, 1)
     with use_conv_algorithm('row_pairs'), pytest.raises(ValueError, match='runs on the CPU'):
         conv.gpu_conv_algorithm(torch.randn(3, 4), weight, 1)
+
+
+TRITON_TYPES = {torch.float32: 'fp32', torch.float16: 'fp16', torch.bfloat16: 'bf16'}
+PRECISIONS = [(torch.bfloat16, 'ieee'), (torch.float16, 'ieee'), (torch.float32, 'ieee'), (torch.float32, 'tf32')]
+# Per kernel and arch: (registers per thread, shared memory bytes) as measured with Triton 3.8 at the widest tiles
+# (64 channels per group), about 10 % over the registers and 25 % over the shared memory. No local memory at all.
+RESOURCE_BUDGETS = {
+    'forward bf16 ieee': {80: (228, 10240), 90: (184, 10240)},
+    'forward fp16 ieee': {80: (228, 10240), 90: (184, 10240)},
+    'forward fp32 ieee': {80: (197, 7680), 90: (141, 7680)},
+    'forward fp32 tf32': {80: (185, 20480), 90: (168, 20480)},
+    'weight_grad bf16 ieee': {80: (252, 20480), 90: (185, 20480)},
+    'weight_grad fp16 ieee': {80: (252, 20480), 90: (185, 20480)},
+    'weight_grad fp32 ieee': {80: (185, 20480), 90: (141, 20480)},
+    'weight_grad fp32 tf32': {80: (248, 20480), 90: (185, 40960)},
+    'depthwise bf16': {80: (140, 0), 90: (165, 0)},
+    'depthwise fp32': {80: (140, 0), 90: (169, 0)},
+    'depthwise_weight_grad bf16': {80: (113, 640), 90: (95, 640)},
+    'depthwise_weight_grad fp32': {80: (114, 640), 90: (106, 640)},
+}
+
+
+def aot_cases():
+    """``(name, kernel, signature, constexprs)`` of every kernel, at its widest tiles, in every precision it runs."""
+    from sparsevision.ops.gpu import implicit_gemm, implicit_gemm_weight_grad as weight_grad
+    cases = []
+    for dtype, precision in PRECISIONS:
+        element = '*' + TRITON_TYPES[dtype]
+        dot = dict(INPUT_PRECISION=precision, WIDEN_OPERANDS=False)
+        cases.append((f'forward {TRITON_TYPES[dtype]} {precision}', implicit_gemm.implicit_gemm_kernel,
+                      dict(features=element, weight=element, out=element),
+                      dict(**implicit_gemm.forward_tiles(64, 64, dtype, precision), **dot)))
+        cases.append((f'weight_grad {TRITON_TYPES[dtype]} {precision}', weight_grad.weight_grad_kernel,
+                      dict(features=element, grad_output=element, partials='*fp32'),
+                      dict(**weight_grad.weight_grad_tiles(64, 64, dtype, precision), **dot)))
+    for dtype in (torch.bfloat16, torch.float32):
+        element = '*' + TRITON_TYPES[dtype]
+        cases.append((f'depthwise {TRITON_TYPES[dtype]}', implicit_gemm.depthwise_kernel,
+                      dict(features=element, weight=element, out=element),
+                      dict(BLOCK_M=implicit_gemm.DEPTHWISE_BLOCK_ROWS, BLOCK_C=implicit_gemm.DEPTHWISE_BLOCK_CHANNELS)))
+        cases.append((f'depthwise_weight_grad {TRITON_TYPES[dtype]}', weight_grad.depthwise_weight_grad_kernel,
+                      dict(features=element, grad_output=element, partials='*fp32'),
+                      dict(BLOCK_M=weight_grad.DEPTHWISE_BLOCK_ROWS, BLOCK_C=weight_grad.DEPTHWISE_BLOCK_CHANNELS)))
+    return cases
+
+
+def compile_for(kernel, pointers, constexprs, arch):
+    """Compiles ``kernel`` for ``sm_<arch>`` without a GPU; returns (registers, shared bytes, local bytes)."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from sparsevision.ops.gpu.triton_settings import NUM_STAGES, NUM_WARPS
+    pointers = dict(pointers, neighbors='*i32')
+    signature = {name: 'constexpr' if name in constexprs else pointers.get(name, 'i32') for name in kernel.arg_names}
+    compiled = triton.compile(ASTSource(kernel, signature, constexprs), target=GPUTarget('cuda', arch, 32),
+                              options=dict(num_warps=NUM_WARPS, num_stages=NUM_STAGES))
+    cuobjdump = Path(triton.__file__).parent / 'backends' / 'nvidia' / 'bin' / 'cuobjdump'
+    with tempfile.NamedTemporaryFile(suffix='.cubin') as cubin:
+        cubin.write(compiled.asm['cubin'])
+        cubin.flush()
+        usage = subprocess.run([str(cuobjdump), '-res-usage', cubin.name], capture_output=True, text=True,
+                               check=True).stdout
+    fields = dict(item.split(':', 1) for item in usage.split(f'Function {kernel.__name__}:')[1].split()[:4])
+    return int(fields['REG']), compiled.metadata.shared, int(fields['STACK']) + int(fields['LOCAL'])
+
+
+@pytest.mark.skipif(INTERPRETED, reason='compiles the kernels themselves, not their interpreted twins')
+def test_kernels_compile_for_sm80_and_sm90_within_budget():
+    """Every kernel config compiles for Ampere and Hopper without a GPU, with no spills and within its budget."""
+    over = []
+    for name, kernel, pointers, constexprs in aot_cases():
+        for arch, (register_budget, shared_budget) in RESOURCE_BUDGETS[name].items():
+            registers, shared, local = compile_for(kernel, pointers, constexprs, arch)
+            if registers > register_budget or shared > shared_budget or local:
+                over.append(f'{name} sm_{arch}: {registers} registers (budget {register_budget}), {shared} B shared '
+                            f'(budget {shared_budget}), {local} B local memory')
+    assert not over, '\n'.join(over)

@@ -11,9 +11,10 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_settings import NUM_STAGES, NUM_WARPS, block_size, input_precision, widen_operands
+from .triton_settings import NUM_STAGES, NUM_WARPS, block_size, exact_fp32_dot, input_precision, widen_operands
 
 BLOCK_ROWS = 64
+EXACT_FP32_BLOCK_ROWS = 32
 DEPTHWISE_BLOCK_ROWS = 32
 DEPTHWISE_BLOCK_CHANNELS = 64
 
@@ -72,9 +73,14 @@ def depthwise_kernel(features, weight, neighbors, out, num_inputs, num_outputs, 
     tl.store(out_rows + columns[None, :], acc.to(out.dtype.element_ty), mask=row_ok[:, None] & columns_ok[None, :])
 
 
-def forward_tiles(in_per_group: int, out_per_group: int) -> dict:
-    """The tile sizes of :func:`implicit_gemm_kernel` for these channels per group."""
-    return dict(BLOCK_M=BLOCK_ROWS, BLOCK_N=block_size(out_per_group, 16, 64), BLOCK_K=block_size(in_per_group, 16, 32))
+def forward_tiles(in_per_group: int, out_per_group: int, dtype: torch.dtype, precision: str) -> dict:
+    """The tile sizes of :func:`implicit_gemm_kernel` for these channels per group, dtype and ``tl.dot`` precision.
+
+    fp32 operands take twice the registers of fp16/bf16, so they get shallower input-channel tiles.
+    """
+    rows = EXACT_FP32_BLOCK_ROWS if exact_fp32_dot(dtype, precision) else BLOCK_ROWS
+    depth = 16 if dtype == torch.float32 else block_size(in_per_group, 16, 32)
+    return dict(BLOCK_M=rows, BLOCK_N=block_size(out_per_group, 16, 64), BLOCK_K=depth)
 
 
 def is_depthwise(in_per_group: int, out_per_group: int, groups: int) -> bool:
@@ -101,11 +107,11 @@ def implicit_gemm_conv(features: torch.Tensor, weight: torch.Tensor, neighbors: 
                                BLOCK_M=DEPTHWISE_BLOCK_ROWS, BLOCK_C=DEPTHWISE_BLOCK_CHANNELS,
                                num_warps=NUM_WARPS, num_stages=NUM_STAGES)
         return out
-    tiles = forward_tiles(in_per_group, out_per_group)
+    precision = input_precision(features.dtype)
+    tiles = forward_tiles(in_per_group, out_per_group, features.dtype, precision)
     grid = (triton.cdiv(num_outputs, tiles['BLOCK_M']), triton.cdiv(out_per_group, tiles['BLOCK_N']), groups)
     implicit_gemm_kernel[grid](features, weight, neighbors, out, num_inputs, num_outputs, taps, in_per_group,
-                               out_per_group, in_channels, out_channels, **tiles,
-                               INPUT_PRECISION=input_precision(features.dtype),
+                               out_per_group, in_channels, out_channels, **tiles, INPUT_PRECISION=precision,
                                WIDEN_OPERANDS=widen_operands(features.dtype),
                                num_warps=NUM_WARPS, num_stages=NUM_STAGES)
     return out

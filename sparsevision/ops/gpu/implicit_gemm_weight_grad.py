@@ -10,9 +10,11 @@ import triton
 import triton.language as tl
 
 from .implicit_gemm import is_depthwise
-from .triton_settings import NUM_STAGES, NUM_WARPS, block_size, input_precision, widen_operands
+from .triton_settings import NUM_STAGES, NUM_WARPS, block_size, exact_fp32_dot, input_precision, widen_operands
 
 BLOCK_ROWS = 64
+EXACT_FP32_BLOCK_ROWS = 32
+DEPTHWISE_BLOCK_ROWS = 32
 DEPTHWISE_BLOCK_CHANNELS = 64
 TARGET_PROGRAMS = 1024     # chunks are added until about this many programs run (a constant: results stay GPU-free)
 MIN_CHUNK_ROWS = 512       # ... but no chunk is shorter than this
@@ -71,9 +73,10 @@ def depthwise_weight_grad_kernel(features, grad_output, neighbors, partials, num
     tl.store(tap_partial + columns, tl.sum(acc, axis=0), mask=columns_ok)
 
 
-def weight_grad_tiles(in_per_group: int, out_per_group: int) -> dict:
-    """The tile sizes of :func:`weight_grad_kernel` for these channels per group."""
-    return dict(BLOCK_M=BLOCK_ROWS, BLOCK_I=block_size(in_per_group, 16, 64), BLOCK_O=block_size(out_per_group, 16, 64))
+def weight_grad_tiles(in_per_group: int, out_per_group: int, dtype: torch.dtype, precision: str) -> dict:
+    """The tile sizes of :func:`weight_grad_kernel` for these channels per group, dtype and ``tl.dot`` precision."""
+    rows = EXACT_FP32_BLOCK_ROWS if exact_fp32_dot(dtype, precision) else BLOCK_ROWS
+    return dict(BLOCK_M=rows, BLOCK_I=block_size(in_per_group, 16, 64), BLOCK_O=block_size(out_per_group, 16, 64))
 
 
 def chunk_rows(num_outputs: int, programs_per_chunk: int, block_rows: int) -> int:
@@ -97,13 +100,14 @@ def implicit_gemm_weight_grad(features: torch.Tensor, grad_output: torch.Tensor,
     features, grad_output, neighbors = features.contiguous(), grad_output.contiguous(), neighbors.contiguous()
     if is_depthwise(in_per_group, out_per_group, groups):
         tiles_out = triton.cdiv(out_channels, DEPTHWISE_BLOCK_CHANNELS)
-        rows = chunk_rows(num_outputs, taps * tiles_out, BLOCK_ROWS)
+        rows = chunk_rows(num_outputs, taps * tiles_out, DEPTHWISE_BLOCK_ROWS)
         partials = features.new_empty(triton.cdiv(num_outputs, rows), taps, 1, out_channels, dtype=torch.float32)
         depthwise_weight_grad_kernel[(taps, tiles_out, partials.shape[0])](
             features, grad_output, neighbors, partials, num_inputs, num_outputs, taps, out_channels, rows,
-            BLOCK_M=BLOCK_ROWS, BLOCK_C=DEPTHWISE_BLOCK_CHANNELS, num_warps=NUM_WARPS, num_stages=NUM_STAGES)
+            BLOCK_M=DEPTHWISE_BLOCK_ROWS, BLOCK_C=DEPTHWISE_BLOCK_CHANNELS, num_warps=NUM_WARPS, num_stages=NUM_STAGES)
         return partials.sum(0).to(features.dtype)
-    tiles = weight_grad_tiles(in_per_group, out_per_group)
+    precision = input_precision(features.dtype)
+    tiles = weight_grad_tiles(in_per_group, out_per_group, features.dtype, precision)
     tiles_in, tiles_out = triton.cdiv(in_per_group, tiles['BLOCK_I']), triton.cdiv(out_per_group, tiles['BLOCK_O'])
     rows = chunk_rows(num_outputs, taps * tiles_in * tiles_out * groups, tiles['BLOCK_M'])
     partials = features.new_empty(triton.cdiv(num_outputs, rows), taps, in_per_group, out_channels,
@@ -111,6 +115,6 @@ def implicit_gemm_weight_grad(features: torch.Tensor, grad_output: torch.Tensor,
     weight_grad_kernel[(taps * tiles_in * tiles_out, groups, partials.shape[0])](
         features, grad_output, neighbors, partials, num_inputs, num_outputs, taps, in_per_group, out_per_group,
         in_channels, out_channels, rows, tiles_in, tiles_out, **tiles,
-        INPUT_PRECISION=input_precision(features.dtype), WIDEN_OPERANDS=widen_operands(features.dtype),
+        INPUT_PRECISION=precision, WIDEN_OPERANDS=widen_operands(features.dtype),
         num_warps=NUM_WARPS, num_stages=NUM_STAGES)
     return partials.sum(0).to(features.dtype)

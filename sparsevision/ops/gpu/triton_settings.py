@@ -25,3 +25,9 @@ def widen_operands(dtype: torch.dtype) -> bool:
     builds multiply bf16 on tensor cores.
     """
     return dtype == torch.bfloat16 and triton.knobs.runtime.interpret
+
+
+def exact_fp32_dot(dtype: torch.dtype, precision: str) -> bool:
+    """Whether ``tl.dot`` multiplies exact fp32 (FMA units, no tensor cores): such kernels need smaller tiles to stay
+    in registers (the AOT test checks that no kernel spills)."""
+    return dtype == torch.float32 and precision == 'ieee'
