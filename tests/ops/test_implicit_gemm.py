@@ -264,6 +264,24 @@ def test_gpu_conv_algorithm():
         conv.gpu_conv_algorithm(torch.randn(3, 4), weight, 1)
 
 
+def test_fp32_dots_use_tf32_only_where_pytorch_allows_it(python_process):
+    """In a fresh process: PyTorch's TF32 switches are global and cannot be reset to their untouched state."""
+    script = """
+import torch
+from sparsevision.ops.gpu.triton_settings import input_precision
+precisions = [input_precision(torch.float32)]
+torch.backends.cuda.matmul.allow_tf32 = True
+precisions += [input_precision(torch.float32), input_precision(torch.bfloat16)]
+torch.backends.cuda.matmul.fp32_precision = 'ieee'
+precisions.append(input_precision(torch.float32))
+torch.set_float32_matmul_precision('high')
+precisions.append(input_precision(torch.float32))
+print(precisions)
+"""
+    result = python_process(['-W', 'ignore', '-c', script])
+    assert result.stdout.split('\n')[-2] == "['ieee', 'tf32', 'ieee', 'ieee', 'tf32']", result.stderr[-2000:]
+
+
 TRITON_TYPES = {torch.float32: 'fp32', torch.float16: 'fp16', torch.bfloat16: 'bf16'}
 PRECISIONS = [(torch.bfloat16, 'ieee'), (torch.float16, 'ieee'), (torch.float32, 'ieee'), (torch.float32, 'tf32')]
 # Per kernel and arch: (registers per thread, shared memory bytes) as measured with Triton 3.8 at the widest tiles

@@ -12,10 +12,23 @@ def block_size(channels: int, smallest: int, largest: int) -> int:
 
 
 def input_precision(dtype: torch.dtype) -> str:
-    """How ``tl.dot`` multiplies fp32 operands: exactly (``'ieee'``), or as TF32 when
-    ``torch.backends.cuda.matmul.allow_tf32`` is on, as for PyTorch's own fp32 matmuls. fp16/bf16 are exact either
-    way (their products fit fp32)."""
-    return 'tf32' if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 else 'ieee'
+    """How ``tl.dot`` multiplies fp32 operands: exactly (``'ieee'``), or as TF32 where PyTorch's own fp32 matmuls
+    may use it (``torch.backends.cuda.matmul.allow_tf32 = True``, ``fp32_precision = 'tf32'`` or
+    ``torch.set_float32_matmul_precision('high')``). fp16/bf16 products are exact either way (they fit fp32)."""
+    return 'tf32' if dtype == torch.float32 and tf32_allowed() else 'ieee'
+
+
+def tf32_allowed() -> bool:
+    """Whether PyTorch lets fp32 matmuls on CUDA use TF32.
+
+    Read through ``fp32_precision``, which both of PyTorch's APIs set: reading ``allow_tf32`` raises once the newer
+    API has been used.
+    """
+    matmul = torch.backends.cuda.matmul
+    precision = matmul.fp32_precision
+    if precision == 'none':   # inherits the global setting
+        precision = torch.backends.fp32_precision
+    return precision == 'tf32'
 
 
 def widen_operands(dtype: torch.dtype) -> bool:
