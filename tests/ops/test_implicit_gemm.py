@@ -26,6 +26,7 @@ INTERPRETED = os.environ.get('TRITON_INTERPRET') == '1'
 ON_GPU = torch.cuda.is_available() and not INTERPRETED
 needs_kernels = pytest.mark.skipif(not (ON_GPU or INTERPRETED), reason='no GPU: these run in the Triton interpreter '
                                    'subprocess of test_kernels_in_the_triton_interpreter')
+in_parent_process = pytest.mark.skipif(INTERPRETED, reason='runs in the parent process only')
 CPU_SPARSE_CONV = torch.ops.sparsevision.sparse_conv.default
 CPU_WEIGHT_GRAD = torch.ops.sparsevision.sparse_conv_weight_grad.default
 
@@ -264,6 +265,7 @@ def test_gpu_conv_algorithm():
         conv.gpu_conv_algorithm(torch.randn(3, 4), weight, 1)
 
 
+@in_parent_process
 def test_fp32_dots_use_tf32_only_where_pytorch_allows_it(python_process):
     """In a fresh process: PyTorch's TF32 switches are global and cannot be reset to their untouched state."""
     script = """
@@ -345,7 +347,7 @@ def compile_for(kernel, pointers, constexprs, arch):
     return int(fields['REG']), compiled.metadata.shared, int(fields['STACK']) + int(fields['LOCAL'])
 
 
-@pytest.mark.skipif(INTERPRETED, reason='compiles the kernels themselves, not their interpreted twins')
+@in_parent_process   # compiles the kernels themselves, not their interpreted twins
 def test_kernels_compile_for_sm80_and_sm90_within_budget():
     """Every kernel config compiles for Ampere and Hopper without a GPU, with no spills and within its budget."""
     over = []
