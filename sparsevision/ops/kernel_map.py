@@ -13,6 +13,7 @@ from . import library  # noqa: F401  (defines the ops and loads their kernels)
 from .coordinates import (MAX_LINEAR_KEY, IntOrSequence, convolution_geometry, expand_argument,
                           output_spatial_shape)
 from .devices import check_same_device
+from .map_validation import mark_valid
 
 _kernel_map = torch.ops.sparsevision.kernel_map.default
 _downsample_indices = torch.ops.sparsevision.downsample_indices.default
@@ -88,7 +89,9 @@ def build_kernel_map(in_indices: torch.Tensor, out_indices: torch.Tensor, spatia
     check_same_device('build_kernel_map', in_indices=in_indices, out_indices=out_indices)
     in_indices = check_indices(in_indices, spatial_shape, name='in_indices')
     out_indices = in_indices if same_sites else check_indices(out_indices, out_shape, name='out_indices')
-    return _kernel_map(in_indices, out_indices, list(spatial_shape), *map(list, geometry))
+    neighbors = _kernel_map(in_indices, out_indices, list(spatial_shape), *map(list, geometry))
+    mark_valid(neighbors, in_indices.shape[0])
+    return neighbors
 
 
 def submanifold_kernel_map(indices: torch.Tensor, spatial_shape: Sequence[int], kernel_size: IntOrSequence,
@@ -139,7 +142,9 @@ def invert_kernel_map(neighbors: torch.Tensor, num_inputs: int) -> torch.Tensor:
                          f'{tuple(neighbors.shape)}')
     if neighbors.numel() and not torch.compiler.is_compiling() and neighbors.max().item() >= num_inputs:
         raise ValueError(f'the kernel map names input {neighbors.max().item()} but there are only {num_inputs}')
-    return _invert_kernel_map(neighbors, num_inputs)
+    inverse = _invert_kernel_map(neighbors, num_inputs)
+    mark_valid(inverse, neighbors.shape[0])
+    return inverse
 
 
 @torch.library.register_fake('sparsevision::kernel_map')

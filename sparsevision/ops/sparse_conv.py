@@ -10,6 +10,7 @@ double backward works); all are deterministic.
 import torch
 
 from . import library  # noqa: F401  (defines the ops and loads their kernels)
+from .devices import check_same_device
 
 _sparse_conv = torch.ops.sparsevision.sparse_conv.default
 _weight_grad = torch.ops.sparsevision.sparse_conv_weight_grad.default
@@ -30,7 +31,7 @@ def sparse_conv(features: torch.Tensor, weight: torch.Tensor, neighbors: torch.T
         ``[M, C_out]`` output features.
 
     Raises:
-        ValueError: on mismatched shapes, channels, dtypes or kernel maps.
+        ValueError: on mismatched shapes, channels, dtypes, devices or kernel maps.
     """
     if features.dim() != 2 or weight.dim() != 3:
         raise ValueError(f'sparse_conv: features must be [N, C] and weight [taps, in/groups, out], got '
@@ -43,6 +44,8 @@ def sparse_conv(features: torch.Tensor, weight: torch.Tensor, neighbors: torch.T
                          f'not fit {features.shape[0]} inputs and {weight.shape[0]} taps')
     if features.dtype != weight.dtype:
         raise ValueError(f'sparse_conv: features are {features.dtype} but weight is {weight.dtype}')
+    check_same_device('sparse_conv', features=features, weight=weight, neighbors=neighbors,
+                      inverse_neighbors=inverse_neighbors)
     return _sparse_conv(features, weight, neighbors, inverse_neighbors, groups)
 
 

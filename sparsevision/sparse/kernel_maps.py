@@ -4,6 +4,7 @@ from typing import Optional, Tuple
 import torch
 
 from .. import ops
+from ..ops.map_validation import mark_valid
 from .tensor import KernelMap, KernelMapCache, SparseTensor
 
 
@@ -70,8 +71,10 @@ def _build(x, geometry) -> KernelMap:
         neighbors = ops.submanifold_kernel_map(x.indices, x.spatial_shape, kernel_size, dilation)
         x.kernel_maps.sites_distinct = True   # the map build refuses duplicates
         # a centred kernel is symmetric: input n feeds output m through tap k iff m feeds n through tap K-1-k
-        return KernelMap(x.indices, x.spatial_shape, x.indices, x.spatial_shape, neighbors,
-                         neighbors.flip(1).contiguous(), x.kernel_maps, x.kernel_maps, geometry)
+        inverse = neighbors.flip(1).contiguous()
+        mark_valid(inverse, x.indices.shape[0])
+        return KernelMap(x.indices, x.spatial_shape, x.indices, x.spatial_shape, neighbors, inverse, x.kernel_maps,
+                         x.kernel_maps, geometry)
     out_indices, out_shape = ops.downsample_indices(x.indices, x.spatial_shape, kernel_size, stride, padding,
                                                     dilation)
     x.kernel_maps.sites_distinct = True   # downsample_indices refuses duplicates
