@@ -148,6 +148,22 @@ class SparseTensor:
         return self._derived(features, self.indices, self.spatial_shape, self.batch_size, self.indice_dict,
                              self.kernel_maps)
 
+    def on_grid(self, spatial_shape: Sequence[int]) -> 'SparseTensor':
+        """The same sites and features on a grid at least as large on every axis.
+
+        The coordinates stay valid, so nothing is checked again, and the kernel maps built on the larger grid are kept
+        with this tensor's: every call for these sites and that grid shares them (a network that pads its input grid
+        builds its maps once per input, not once per forward).
+        """
+        spatial_shape = [as_integer(size, f'spatial_shape[{axis}]') for axis, size in enumerate(spatial_shape)]
+        if len(spatial_shape) != self.ndim or any(new < old for new, old in zip(spatial_shape, self.spatial_shape)):
+            raise ValueError(f'on_grid needs a {self.ndim}-D grid at least as large as {self.spatial_shape} on every '
+                             f'axis, got {spatial_shape}')
+        if spatial_shape == self.spatial_shape:
+            return self
+        maps = self.kernel_maps.setdefault(('grid', *spatial_shape), KernelMapCache(self.kernel_maps.sites_distinct))
+        return self._derived(self.features, self.indices, spatial_shape, self.batch_size, self.indice_dict, maps)
+
     def shadow_copy(self) -> 'SparseTensor':
         return self.replace_feature(self.features)
 

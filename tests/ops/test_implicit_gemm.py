@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from host_syncs import HostSyncs
 
 import sparsevision.ops as ops
 from sparsevision.ops import map_validation, reference
@@ -171,27 +171,6 @@ def test_out_of_range_map_raises_at_the_op(device):
         conv.sparse_conv_cuda(features, weight, neighbors, neighbors, 1)
     with pytest.raises(ValueError, match='kernel map entries must be -1 or rows of features'):
         conv.sparse_conv_weight_grad_cuda(features, grad_output, neighbors, neighbors, 1)
-
-
-SYNCING_OPS = {'aten::_local_scalar_dense', 'aten::nonzero', 'aten::masked_select', 'aten::unique_consecutive',
-               'aten::_unique', 'aten::_unique2', 'aten::unique_dim', 'aten::equal', 'aten::is_nonzero'}
-
-
-class HostSyncs(TorchDispatchMode):
-    """Records the ops that wait for the device: scalar reads, data-dependent shapes, copies to the host."""
-
-    def __init__(self):
-        super().__init__()
-        self.seen = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        result = func(*args, **(kwargs or {}))
-        name = func._schema.name
-        to_host = (name in ('aten::_to_copy', 'aten::copy_') and isinstance(result, torch.Tensor)
-                   and result.device.type == 'cpu' and args[-1 if name == 'aten::copy_' else 0].device.type != 'cpu')
-        if name in SYNCING_OPS or to_host:
-            self.seen.append(name)
-        return result
 
 
 @needs_kernels

@@ -80,8 +80,7 @@ class SparseUNet(BaseModule):
             raise ValueError(f'SparseUNet takes a 3-D SparseTensor (indices (batch, z, y, x)), got {x!r}')
         multiple = 2 ** self.stages
         grid = [math.ceil(size / multiple) * multiple for size in x.spatial_shape]
-        y = x if grid == x.spatial_shape else SparseTensor(x.features, x.indices, grid, x.batch_size)
-        y = self.conv_input(y)
+        y = self.conv_input(x.on_grid(grid))
         skips = [y]
         for down, encoder in zip(self.down, self.enc):
             y = encoder(down(y))
