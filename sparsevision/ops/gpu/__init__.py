@@ -12,6 +12,7 @@ import torch
 PYTHON_CUDA_KERNELS = {
     'sparse_conv': '.conv:sparse_conv_cuda',
     'sparse_conv_weight_grad': '.conv:sparse_conv_weight_grad_cuda',
+    'spike_sparse_conv': '.spike_conv:spike_sparse_conv_cuda',
 }
 
 
