@@ -40,6 +40,14 @@ def interpreted_copy(module_name: str):
     return module
 
 
+def registered_cuda_kernel(op: str):
+    """The function ``ops/gpu``'s registry names as ``op``'s CUDA kernel (the op has one in the dispatcher)."""
+    from sparsevision.ops import gpu
+    assert torch._C._dispatch_has_kernel_for_dispatch_key(f'sparsevision::{op}', 'CUDA')
+    module_name, function_name = gpu.PYTHON_CUDA_KERNELS[op].split(':')
+    return getattr(importlib.import_module(module_name, gpu.__name__), function_name)
+
+
 def kernels_on(backend: str, module_name: str):
     """``(module, device)``: the interpreted copy and CPU, or the module itself and CUDA."""
     if backend == 'interpreter':

@@ -5,7 +5,7 @@ Runs in Triton's interpreter on CPU tensors on every CI run, and on CUDA tensors
 """
 import pytest
 import torch
-from triton_interpreter import BACKENDS, kernels_on
+from triton_interpreter import BACKENDS, kernels_on, registered_cuda_kernel
 
 import sparsevision.ops as ops
 from sparsevision.ops import reference
@@ -191,8 +191,9 @@ def test_bad_arguments_raise(backend, arguments, message):
 
 
 def test_registered_as_the_cuda_kernels():
-    for name in ('row_batch_norm', 'row_batch_norm_backward'):
-        assert torch._C._dispatch_has_kernel_for_dispatch_key(f'sparsevision::{name}', 'CUDA')
+    from sparsevision.ops.gpu import batch_norm
+    assert registered_cuda_kernel('row_batch_norm') is batch_norm.row_batch_norm_cuda
+    assert registered_cuda_kernel('row_batch_norm_backward') is batch_norm.row_batch_norm_backward_cuda
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a GPU')

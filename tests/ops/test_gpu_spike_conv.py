@@ -7,7 +7,7 @@ import torch
 
 import sparsevision.ops as ops
 from sparsevision.ops import reference
-from triton_interpreter import BACKENDS, kernels_on
+from triton_interpreter import BACKENDS, kernels_on, registered_cuda_kernel
 
 requires_native = pytest.mark.skipif(not ops.extension_info().cpu_kernels, reason='needs the native CPU kernels')
 CPU_SPIKE_CONV = torch.ops.sparsevision.spike_sparse_conv.default
@@ -102,7 +102,8 @@ def test_bad_arguments_raise(backend, arguments, message):
 
 
 def test_registered_as_the_cuda_kernel():
-    assert torch._C._dispatch_has_kernel_for_dispatch_key('sparsevision::spike_sparse_conv', 'CUDA')
+    from sparsevision.ops.gpu.spike_conv import spike_sparse_conv_cuda
+    assert registered_cuda_kernel('spike_sparse_conv') is spike_sparse_conv_cuda
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a GPU')
