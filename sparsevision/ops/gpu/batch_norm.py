@@ -218,12 +218,14 @@ def _triton_dtype(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
-def _check_rows(op: str, rows: torch.Tensor, weight: Optional[torch.Tensor], **others: Optional[torch.Tensor]):
-    check_same_device(op, rows=rows, weight=weight, **others)
+def _check_rows(op: str, rows: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor] = None,
+                **others: Optional[torch.Tensor]):
+    """Raises ValueError unless ``rows`` is ``[N, C]``, ``weight`` and ``bias`` ``[C]`` (or None), all on one device."""
+    check_same_device(op, rows=rows, weight=weight, bias=bias, **others)
     if rows.dim() != 2:
         raise ValueError(f'{op}: rows must be [N, C], got {tuple(rows.shape)}')
-    for name, tensor in (('weight', weight), *others.items()):
-        if tensor is not None and name in ('weight', 'bias') and tensor.shape != (rows.shape[1],):
+    for name, tensor in (('weight', weight), ('bias', bias)):
+        if tensor is not None and tensor.shape != (rows.shape[1],):
             raise ValueError(f'{op}: {name} must be [{rows.shape[1]}], got {tuple(tensor.shape)}')
 
 
