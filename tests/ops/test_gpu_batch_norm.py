@@ -27,7 +27,7 @@ def backend(request):
     return kernels_on(request.param, 'sparsevision.ops.gpu.batch_norm')
 
 
-def make_case(count=600, channels=40, dtype=torch.float32, affine=False, residual=False, relu=False, seed=0,
+def make_case(count=300, channels=40, dtype=torch.float32, affine=False, residual=False, relu=False, seed=0,
               offset=2.0, spread=3.0):
     """``(rows, weight, bias, relu, residual)`` on the CPU; weight and bias stay float32 (as a module's are)."""
     generator = torch.Generator().manual_seed(seed)
@@ -167,7 +167,7 @@ def test_fused_relu_keeps_nan_and_masks_nan_gradients(backend):
 
 @pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
 def test_runs_are_bitwise_equal(backend, dtype):
-    case = make_case(dtype=dtype, affine=True, residual=True, relu=True, channels=70)
+    case = make_case(dtype=dtype, affine=True, residual=True, relu=True)
     first, second = forward(backend, case), forward(backend, case)
     assert all(torch.equal(a, b) for a, b in zip(first, second))
     grad_out = torch.randn(case[0].shape).to(dtype)
