@@ -139,6 +139,18 @@ def test_adversarial_shapes_and_values(backend, case):
         assert_close(grads, CPU_BACKWARD(grad_out, rows, out[1], out[2], weight, EPS, relu_out), dtype)
 
 
+def test_strided_inputs(backend):
+    rows, weight, bias, relu, residual = make_case(channels=80, affine=True, residual=True)
+    strided = (rows[:, ::2], weight[::2], bias[::2], relu, residual[:, ::2])
+    out = forward(backend, strided)
+    assert_close(out, reference_forward([t.contiguous() if isinstance(t, torch.Tensor) else t for t in strided]),
+                 torch.float32)
+    grad_out = torch.randn(rows.shape)[:, ::2]
+    strided_mean = torch.stack([out[1], out[1]], dim=1)[:, 0]
+    assert_close(backward(backend, grad_out, strided[0], strided_mean, out[2], strided[1], None),
+                 reference_backward(grad_out, strided[0], out[1], out[2], strided[1], None), torch.float32)
+
+
 def test_many_chunks_combine_in_blocks(backend, monkeypatch):
     module, _ = backend
     monkeypatch.setattr(module, 'CHUNK_ROWS', 32)

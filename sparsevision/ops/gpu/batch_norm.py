@@ -240,7 +240,7 @@ def row_batch_norm_cuda(rows: torch.Tensor, weight: Optional[torch.Tensor], bias
     if residual is not None and (residual.shape != rows.shape or residual.dtype != rows.dtype):
         raise ValueError(f'row_batch_norm: residual must be {tuple(rows.shape)} {rows.dtype} like rows, got '
                          f'{tuple(residual.shape)} {residual.dtype}')
-    rows = rows.contiguous()
+    rows, weight, bias = (None if t is None else t.contiguous() for t in (rows, weight, bias))
     count, columns, chunks, block_columns, accumulate = _launch_shape(rows)
     out, mean, var = torch.empty_like(rows), rows.new_empty(columns), rows.new_empty(columns)
     if columns == 0:
@@ -248,7 +248,7 @@ def row_batch_norm_cuda(rows: torch.Tensor, weight: Optional[torch.Tensor], bias
     sums, squares = (rows.new_empty(chunks, columns, dtype=accumulate) for _ in range(2))
     coefficients = rows.new_empty(4, columns, dtype=accumulate)
     column_blocks, kind = triton.cdiv(columns, block_columns), _triton_dtype(rows.dtype)
-    with on_device_of(rows):
+    with on_device_of(rows):   # rows stand in for an absent weight, bias or residual (not read then)
         if chunks:
             chunk_moments_kernel[(chunks, column_blocks)](
                 rows, sums, squares, count, columns, CHUNK_ROWS=CHUNK_ROWS, STEP_ROWS=STEP_ROWS,
@@ -278,7 +278,8 @@ def row_batch_norm_backward_cuda(grad_out: torch.Tensor, rows: torch.Tensor, mea
         raise ValueError(f'row_batch_norm_backward: grad_out and relu_out must be {tuple(rows.shape)}')
     if mean.shape != (rows.shape[1],) or var.shape != (rows.shape[1],):
         raise ValueError(f'row_batch_norm_backward: mean and var must be [{rows.shape[1]}]')
-    rows, grad_out = rows.contiguous(), grad_out.to(rows.dtype).contiguous()
+    rows, mean, var, weight = (None if t is None else t.contiguous() for t in (rows, mean, var, weight))
+    grad_out = grad_out.to(rows.dtype).contiguous()
     relu_out = None if relu_out is None else relu_out.to(rows.dtype).contiguous()
     count, columns, chunks, block_columns, accumulate = _launch_shape(rows)
     grad_rows, grad_weight, grad_bias = torch.empty_like(rows), rows.new_empty(columns), rows.new_empty(columns)
@@ -287,11 +288,11 @@ def row_batch_norm_backward_cuda(grad_out: torch.Tensor, rows: torch.Tensor, mea
     sum_g, sum_gx = (rows.new_empty(chunks, columns, dtype=accumulate) for _ in range(2))
     coefficients = rows.new_empty(3, columns, dtype=accumulate)
     column_blocks, kind = triton.cdiv(columns, block_columns), _triton_dtype(rows.dtype)
-    mask = grad_out if relu_out is None else relu_out
+    relu_output = grad_out if relu_out is None else relu_out   # unread without a fused ReLU, like the other stand-ins
     with on_device_of(rows):
         if chunks:
             chunk_gradient_sums_kernel[(chunks, column_blocks)](
-                grad_out, mask, rows, mean, sum_g, sum_gx, count, columns, CHUNK_ROWS=CHUNK_ROWS,
+                grad_out, relu_output, rows, mean, sum_g, sum_gx, count, columns, CHUNK_ROWS=CHUNK_ROWS,
                 STEP_ROWS=STEP_ROWS, BLOCK_COLUMNS=block_columns, HAS_RELU=relu_out is not None, ACCUMULATE=kind)
         combine_gradient_sums_kernel[(column_blocks,)](
             sum_g, sum_gx, var, rows if weight is None else weight, grad_weight, grad_bias, coefficients, count,
@@ -299,6 +300,6 @@ def row_batch_norm_backward_cuda(grad_out: torch.Tensor, rows: torch.Tensor, mea
             HAS_WEIGHT=weight is not None, ACCUMULATE=kind)
         if count:
             rows_gradient_kernel[(triton.cdiv(count, BLOCK_ROWS), column_blocks)](
-                grad_out, mask, rows, mean, coefficients, grad_rows, count, columns, BLOCK_ROWS=BLOCK_ROWS,
+                grad_out, relu_output, rows, mean, coefficients, grad_rows, count, columns, BLOCK_ROWS=BLOCK_ROWS,
                 BLOCK_COLUMNS=block_columns, HAS_RELU=relu_out is not None, ACCUMULATE=kind)
     return grad_rows, grad_weight, grad_bias
