@@ -18,7 +18,7 @@ from .launch import check_same_device, on_device_of
 
 CHUNK_ROWS = 256
 STEP_ROWS = 64
-BLOCK_CHUNKS = 64
+BLOCK_CHUNKS = 32
 BLOCK_ROWS = 32
 MAX_BLOCK_COLUMNS = 64
 
