@@ -1,8 +1,8 @@
 """Training-mode batch norm over the rows of ``[N, C]`` (the sites of a sparse tensor), with autograd.
 
 One op computes the output and the batch statistics, another the three gradients, each in a few passes over the
-rows; both are bitwise the same at any thread count (see ``csrc/cpu/batch_norm.cpp``). On CUDA they run their
-references from :mod:`sparsevision.ops.reference`.
+rows; both are bitwise the same at any thread count (see ``csrc/cpu/batch_norm.cpp``). On CUDA they run Triton
+kernels (``ops/gpu/batch_norm.py``), bitwise the same run to run.
 """
 from typing import Optional, Tuple
 

@@ -2,8 +2,8 @@
 
 Same numbers as :func:`~sparsevision.ops.sparse_conv` with one group (the
 kernel skips zero spikes, which changes no sum); its backward is that of
-``sparse_conv``. The native kernel is CPU, float32/float64; elsewhere the
-dense-site ``sparse_conv`` runs instead, with the same result.
+``sparse_conv``. The native kernels are CPU (float32/float64) and CUDA (Triton, ``ops/gpu/spike_conv.py``:
+float16/bfloat16 accumulate in float32); elsewhere the dense-site ``sparse_conv`` runs instead, with the same result.
 """
 import torch
 
@@ -11,6 +11,8 @@ from . import library  # noqa: F401  (defines the ops and loads their kernels)
 from .sparse_conv import _backward, sparse_conv
 
 _spike_conv = torch.ops.sparsevision.spike_sparse_conv.default
+KERNEL_DTYPES = {'cpu': (torch.float32, torch.float64),
+                 'cuda': (torch.float16, torch.bfloat16, torch.float32, torch.float64)}
 
 
 def spike_sparse_conv(spikes: torch.Tensor, weight: torch.Tensor, neighbors: torch.Tensor,
@@ -31,7 +33,7 @@ def spike_sparse_conv(spikes: torch.Tensor, weight: torch.Tensor, neighbors: tor
     Raises:
         ValueError: on mismatched shapes, dtypes or kernel maps.
     """
-    if spikes.device.type != 'cpu' or spikes.dtype not in (torch.float32, torch.float64):
+    if spikes.dtype not in KERNEL_DTYPES.get(spikes.device.type, ()):
         return sparse_conv(spikes, weight, neighbors, inverse_neighbors, 1)
     if spikes.dim() != 2 or weight.dim() != 3 or spikes.shape[1] != weight.shape[1]:
         raise ValueError(f'spike_sparse_conv: spikes must be [N, C] and weight [taps, C, out], got '

@@ -41,15 +41,19 @@ class SparsePool(SparseModule):
 
 
 def pool_features(features: torch.Tensor, neighbors: torch.Tensor, mode: str) -> torch.Tensor:
-    """Max or mean over each row's present taps (taps visited in order, so results are deterministic)."""
+    """Max or mean over each row's present taps (taps visited in order, so results are deterministic).
+
+    No shape depends on the data (no host sync on CUDA): ``features`` gets one fill row (``-inf`` for max, 0 for
+    avg) that absent taps (``-1``) read, which changes no maximum or sum; one ``[M, C]`` gather per tap.
+    """
     outputs, taps = neighbors.shape
     fill = float('-inf') if mode == 'max' else 0.0
+    padded = torch.cat([features, features.new_full((1, features.shape[1]), fill)])
+    sources = torch.where(neighbors >= 0, neighbors, features.shape[0]).long()
     pooled = features.new_full((outputs, features.shape[1]), fill)
     for tap in range(taps):
-        rows = (neighbors[:, tap] >= 0).nonzero().flatten()
-        gathered = features[neighbors[rows, tap].long()]
-        pooled = pooled.index_put((rows,), torch.maximum(pooled[rows], gathered) if mode == 'max'
-                                  else pooled[rows] + gathered)
+        gathered = padded.index_select(0, sources[:, tap])
+        pooled = torch.maximum(pooled, gathered) if mode == 'max' else pooled + gathered
     if mode == 'avg':
         pooled = pooled / (neighbors >= 0).sum(dim=1, keepdim=True).clamp(min=1).to(pooled.dtype)
     return pooled

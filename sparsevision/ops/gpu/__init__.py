@@ -12,6 +12,9 @@ import torch
 PYTHON_CUDA_KERNELS = {
     'sparse_conv': '.conv:sparse_conv_cuda',
     'sparse_conv_weight_grad': '.conv:sparse_conv_weight_grad_cuda',
+    'spike_sparse_conv': '.spike_conv:spike_sparse_conv_cuda',
+    'row_batch_norm': '.batch_norm:row_batch_norm_cuda',
+    'row_batch_norm_backward': '.batch_norm:row_batch_norm_backward_cuda',
 }
 
 
