@@ -20,7 +20,8 @@ NATIVE_SOURCES := $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cuda/*.cu)
 EXTENSION := sparsevision/_C.so
 PYTEST_ARGS ?=
 GPU_CHECK_ARGS ?=
-GPU_CHECK_PYTHON ?= $(if $(wildcard $(PY)),$(PY),python3)   # the GPU machine has no .venv: its python3 has torch
+# the GPU machine has no .venv: its python3 holds torch
+GPU_CHECK_PYTHON ?= $(if $(wildcard $(PY)),$(PY),python3)
 
 .PHONY: venv build test demo bench clean system-deps package-check emulation emulation-sanitize gpu-check
 
