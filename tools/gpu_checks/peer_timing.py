@@ -53,6 +53,8 @@ def import_peer_benchmarks(context: CheckContext):
         import sparse_conv
         import sparse_unet
     except SystemExit as exit_message:    # sparse_conv.py exits with one line when spconv is missing
+        if context.spconv_wheels:
+            raise StepFailed(f'spconv installed from {context.spconv_wheels} does not import: {exit_message}', details)
         raise StepSkipped(f'spconv not importable: {exit_message}', details)
     if context.on_gpu and sparse_conv.SPCONV.cppconstants.CPU_ONLY_BUILD:
         raise StepSkipped(f'{sparse_conv.PEER} is no CUDA peer', details)
@@ -87,18 +89,22 @@ def time_against_peer(context: CheckContext) -> Outcome:
     rounds = GPU_ROUNDS if context.on_gpu else 1
     details.update(scene_details(context), rounds=rounds)
     rows, errors, cells = [], [], []
-    for label, make_cases, tolerance in case_factories(context, sparse_conv, sparse_unet):
-        sparse_conv.RELATIVE_TOLERANCE = tolerance    # read by sparse_conv.compare
-        started = time.monotonic()
-        try:
-            for case in make_cases():
-                row = sparse_conv.run_case(case, [1], rounds, TARGET_S, context.device)[0]
-                rows.append({**row, 'label': label, 'tolerance': tolerance,
-                             'seconds': round(time.monotonic() - started, 1)})
-                cells.append(f'{label} {row["ratio"]:.2f}' + ('' if row['match'] else ' MISMATCH'))
-        except Exception as error:  # noqa: BLE001  (one failing row must not stop the others)
-            errors.append({'case': label, 'error': f'{type(error).__name__}: {error}'[:500]})
-            cells.append(f'{label} ERROR')
+    previous_threads = torch.get_num_threads()   # run_case sets spconv's and torch's CPU threads
+    try:
+        for label, make_cases, tolerance in case_factories(context, sparse_conv, sparse_unet):
+            sparse_conv.RELATIVE_TOLERANCE = tolerance    # read by sparse_conv.compare
+            started = time.monotonic()
+            try:
+                for case in make_cases():
+                    row = sparse_conv.run_case(case, [1], rounds, TARGET_S, context.device)[0]
+                    rows.append({**row, 'label': label, 'tolerance': tolerance,
+                                 'seconds': round(time.monotonic() - started, 1)})
+                    cells.append(f'{label} {row["ratio"]:.2f}' + ('' if row['match'] else ' MISMATCH'))
+            except Exception as error:  # noqa: BLE001  (one failing row must not stop the others)
+                errors.append({'case': label, 'error': f'{type(error).__name__}: {error}'[:500]})
+                cells.append(f'{label} ERROR')
+    finally:
+        sparse_conv.set_threads(previous_threads)
     details.update(rows=rows, errors=errors)
     summary = 'ours/peer time: ' + ', '.join(cells)
     mismatched = [row['label'] for row in rows if not row['match']]
