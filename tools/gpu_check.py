@@ -8,7 +8,8 @@ spconv's CUDA wheels come from ``--spconv-wheels DIR`` or the peer timing is ski
 budget (``--budget-s``) so the whole run ends in time.
 
 ``--device cpu`` is the dry run for a machine without a GPU: the same steps, each GPU-only one replaced by its CPU
-equivalent (marked ``cpu-equivalent``) or skipped with the reason.
+equivalent (marked ``cpu-equivalent``) or skipped with the reason. It measures nothing, so it runs on one CPU thread
+(quick and steady on a loaded machine).
 
 Usage::
 
@@ -96,6 +97,8 @@ def main(argv=None) -> int:
 
     if args.device == 'cuda' and not torch.cuda.is_available():
         sys.exit('gpu_check --device cuda: CUDA is not available here (use --device cpu for the dry run)')
+    if args.device == 'cpu':
+        torch.set_num_threads(1)
     args.log_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     context = CheckContext(device=args.device, quick=args.quick, build=args.build, spconv_wheels=args.spconv_wheels,

@@ -35,7 +35,9 @@ backward asks for a CUDA stream); spconv's bundled OpenMP runtime (separate from
 count.
 
 ``--device cuda``: the same rows on the GPU against a CUDA build of spconv (spconv-cu12x; a CPU-only spconv is no
-CUDA peer, and the script says so and exits), timed with CUDA events around back-to-back calls. Without open3d (the
+CUDA peer, and the script says so and exits), timed with CUDA events around back-to-back calls. spconv's layers run
+its default algorithm there (``MaskImplicitGemm``); the kernel-map rows still call its Native builder, whose rulebook
+compares with our map. Without open3d (the
 GPU machine) the street scene is replaced by ``scenes.analytic_street_scene``, and the header says so.
 
 Follows ``/work/shared/BENCHMARKS.md``. Beyond its JSON schema, every row has ``threads``, ``sites``, ``pairs``,
@@ -118,24 +120,30 @@ def set_threads(count: int) -> None:
         SPCONV_OPENMP.omp_set_num_threads(count)
 
 
+PEER_MAP_BUILDERS = ('get_indice_pairs', 'get_indice_pairs_implicit_gemm')   # Native; implicit GEMM (CUDA default)
+
+
 def count_map_builds(call: Callable[[], object]) -> tuple:
     """``((our builds, spconv builds), call())``: proves whether a timed call reuses a kernel map or builds one."""
     builds = {'ours': 0, 'peer': 0}
-    our_build, peer_build = our_kernel_maps._build, spconv_torch.ops.get_indice_pairs
+    our_build = our_kernel_maps._build
+    peer_builders = {name: getattr(spconv_torch.ops, name) for name in PEER_MAP_BUILDERS}
 
-    def counting_our_build(*args, **kwargs):
-        builds['ours'] += 1
-        return our_build(*args, **kwargs)
+    def counting(side, function):
+        def counting_build(*args, **kwargs):
+            builds[side] += 1
+            return function(*args, **kwargs)
+        return counting_build
 
-    def counting_peer_build(*args, **kwargs):
-        builds['peer'] += 1
-        return peer_build(*args, **kwargs)
-
-    our_kernel_maps._build, spconv_torch.ops.get_indice_pairs = counting_our_build, counting_peer_build
+    our_kernel_maps._build = counting('ours', our_build)
+    for name, function in peer_builders.items():
+        setattr(spconv_torch.ops, name, counting('peer', function))
     try:
         result = call()
     finally:
-        our_kernel_maps._build, spconv_torch.ops.get_indice_pairs = our_build, peer_build
+        our_kernel_maps._build = our_build
+        for name, function in peer_builders.items():
+            setattr(spconv_torch.ops, name, function)
     return (builds['ours'], builds['peer']), result
 
 
