@@ -1,11 +1,14 @@
 """Everything a GPU machine must check, in one run: ``make gpu-check`` (issue 17, items 6 and 7).
 
-Steps, in order (``STEPS``): build the extension for sm_90; describe the environment; the GPU op tests; host syncs
-and kernel launches of the headline convolution; ours against spconv-cu; a SparseUNet training step in a CUDA graph;
-the op tests under compute-sanitizer memcheck and initcheck. Each step records ok, failed or skipped, with its reason
-and duration; a failed step does not stop the others, and the exit code is 1 if any failed. Nothing is fetched:
-spconv's CUDA wheels come from ``--spconv-wheels DIR`` or the peer timing is skipped. Subprocess steps share a time
-budget (``--budget-s``) so the whole run ends in time.
+Steps, in order (``STEPS``): build the extension for sm_90; describe the environment; host syncs and kernel
+launches of the headline convolution; ours against spconv-cu; a SparseUNet training step in a CUDA graph; the GPU op
+tests; the op tests under compute-sanitizer memcheck and initcheck. The short in-process measurements come first, so
+a slow build or test run cannot crowd them out of the budget; the CUDA graph comes last of them, as a failed capture
+can leave this process's CUDA state unusable (the tests run in processes of their own).
+
+Each step records ok, failed or skipped, with its reason and duration; a failed step does not stop the others, and
+the exit code is 1 if any failed. Nothing is fetched: spconv's CUDA wheels come from ``--spconv-wheels DIR`` or the
+peer timing is skipped. The steps share a time budget (``--budget-s``) so the whole run ends in time.
 
 ``--device cpu`` is the dry run for a machine without a GPU: the same steps, each GPU-only one replaced by its CPU
 equivalent (marked ``cpu-equivalent``) or skipped with the reason. It measures nothing, so it runs on one CPU thread
@@ -31,10 +34,10 @@ from gpu_checks.context import CheckContext, Outcome, StepFailed, StepSkipped  #
 STEPS = (
     ('build', build.build_extension),
     ('environment', environment.describe_environment),
-    ('tests', op_tests.run_gpu_tests),
     ('syncs_and_launches', syncs_and_launches.count_syncs_and_launches),
     ('peer_timing', peer_timing.time_against_peer),
-    ('cuda_graph', cuda_graph.replay_matches_eager),   # after the in-process steps it could disturb if capture fails
+    ('cuda_graph', cuda_graph.replay_matches_eager),
+    ('tests', op_tests.run_gpu_tests),
     ('memcheck', lambda context: sanitizer.sanitize_gpu_tests('memcheck', context)),
     ('initcheck', lambda context: sanitizer.sanitize_gpu_tests('initcheck', context)),
 )

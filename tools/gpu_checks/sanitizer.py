@@ -33,7 +33,7 @@ def sanitize_gpu_tests(tool: str, context: CheckContext) -> Outcome:
     command = [sanitizer or 'compute-sanitizer', '--tool', tool, '--error-exitcode', str(SANITIZER_ERROR_EXIT_CODE),
                '--print-limit', '100', *python_command(*pytest_arguments(junit))]
     if not context.on_gpu:
-        raise StepSkipped('no GPU: compute-sanitizer checks device memory'
+        raise StepSkipped('the CPU dry run: compute-sanitizer checks GPU memory'
                           + ('' if sanitizer else '; compute-sanitizer is not installed here either'),
                           {'command': shlex.join(command)})
     if sanitizer is None:
