@@ -3,6 +3,7 @@ import os
 import re
 import shlex
 import shutil
+from collections import Counter
 from pathlib import Path
 from typing import Optional
 
@@ -12,6 +13,7 @@ from .op_tests import describe_counts, junit_counts, pytest_arguments, test_envi
 SANITIZER_LIMIT_S = 180
 SANITIZER_ERROR_EXIT_CODE = 99
 ERROR_SUMMARY = re.compile(r'ERROR SUMMARY: (\d+) error')
+REPORT_LOCATION = re.compile(r'^=+\s+at (?:0x[0-9a-f]+ in )?([^\s(]+)', re.M)   # the frame a report names first
 
 
 def find_compute_sanitizer() -> Optional[str]:
@@ -43,7 +45,8 @@ def sanitize_gpu_tests(tool: str, context: CheckContext) -> Outcome:
     log = (context.work_dir / f'{tool}.log').read_text(errors='replace')
     reports = sum(int(count) for count in ERROR_SUMMARY.findall(log))
     counts = junit_counts(junit)
-    details = {**result, 'reports': reports, **counts}
+    locations = Counter(REPORT_LOCATION.findall(log)).most_common(10)
+    details = {**result, 'reports': reports, 'report_locations': dict(locations), **counts}
     summary = f'{reports} reports; tests: {describe_counts(counts)}'
     if result['timed_out']:
         raise StepFailed(f'ran past {SANITIZER_LIMIT_S} s ({reports} reports so far)', details)
