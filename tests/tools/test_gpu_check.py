@@ -73,3 +73,15 @@ def test_cuda_without_a_gpu_exits_with_one_line():
     assert completed.returncode == 1
     assert completed.stderr.strip().splitlines() == [
         'gpu_check --device cuda: CUDA is not available here (use --device cpu for the dry run)']
+
+
+def test_the_stand_in_street_scene_matches_the_ray_cast_one_in_size():
+    """The GPU machine has no open3d: the analytic scene stands in, at about the ray-cast scene's 115k sites."""
+    sys.path.insert(0, str(ROOT / 'tools' / 'benchmark'))
+    from scenes import analytic_street_scene
+
+    sites = analytic_street_scene()
+    assert 100_000 < sites.indices.shape[0] < 140_000
+    assert sites.indices.dtype == torch.int32 and (sites.indices[:, 0] == 0).all()
+    assert (sites.indices[:, 1:] < torch.tensor(sites.spatial_shape, dtype=torch.int32)).all()
+    assert torch.unique(sites.indices, dim=0).shape == sites.indices.shape
