@@ -82,7 +82,8 @@ bench: build
 
 gpu-check:
 	mkdir -p outputs/gpu_check
-	$(GPU_CHECK_PYTHON) tools/gpu_check.py --json outputs/gpu_check/gpu_check.json $(GPU_CHECK_ARGS)
+	PYTHONPATH=$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} $(GPU_CHECK_PYTHON) tools/gpu_check.py \
+	  --json outputs/gpu_check/gpu_check.json $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf build $(EXTENSION) sparsevision/.mim outputs

@@ -19,6 +19,7 @@ Usage::
     python tools/gpu_check.py [--device cuda|cpu] [--quick] [--no-build] [--spconv-wheels DIR] [--json PATH]
 """
 import argparse
+import importlib.util
 import json
 import sys
 import time
@@ -26,10 +27,8 @@ import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # this checkout's sparsevision, also uninstalled
-
-from gpu_checks import build, cuda_graph, environment, op_tests, peer_timing, sanitizer, syncs_and_launches  # noqa: E402,E501
-from gpu_checks.context import CheckContext, Outcome, StepFailed, StepSkipped  # noqa: E402
+from gpu_checks import build, cuda_graph, environment, op_tests, peer_timing, sanitizer, syncs_and_launches
+from gpu_checks.context import CheckContext, Outcome, StepFailed, StepSkipped
 
 STEPS = (
     ('build', build.build_extension),
@@ -100,6 +99,8 @@ def main(argv=None) -> int:
 
     if args.device == 'cuda' and not torch.cuda.is_available():
         sys.exit('gpu_check --device cuda: CUDA is not available here (use --device cpu for the dry run)')
+    if importlib.util.find_spec('sparsevision') is None:
+        sys.exit('gpu_check: sparsevision is not importable; run `make gpu-check`, or put the checkout on PYTHONPATH')
     if args.device == 'cpu':
         torch.set_num_threads(1)
     args.log_dir.mkdir(parents=True, exist_ok=True)
