@@ -40,7 +40,7 @@ def sanitize_gpu_tests(tool: str, context: CheckContext) -> Outcome:
                           {'command': shlex.join(command)})
     if sanitizer is None:
         raise StepSkipped('compute-sanitizer not found under CUDA_HOME/bin, /usr/local/cuda/bin or on the PATH')
-    env = {**test_environment(), 'PYTORCH_NO_CUDA_MEMORY_CACHING': '1'}
+    env = {**test_environment(context), 'PYTORCH_NO_CUDA_MEMORY_CACHING': '1'}
     result = run_command(command, context, SANITIZER_LIMIT_S, env, log_name=f'{tool}.log')
     log = (context.work_dir / f'{tool}.log').read_text(errors='replace')
     reports = sum(int(count) for count in ERROR_SUMMARY.findall(log))
