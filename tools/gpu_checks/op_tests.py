@@ -4,9 +4,11 @@ The selection is found when the check runs, so tests added later join it: every 
 or text mentions one of ``GPU_TEST_KEYWORDS``, filtered by ``pytest -k`` on the same words (a file whose name
 matches runs whole). On the GPU the CUDA kernel tests run on the device only (``SV_SKIP_EMULATION=1``: CI runs the
 CPU emulation of the CUDA kernels; GPU minutes go to what it cannot check). On the CPU the tests run on the emulation
-and the Triton interpreter instead.
+and the Triton interpreter instead (minutes on a small machine); with ``--quick`` there they are only collected, which
+checks the selection and the command.
 """
 import os
+import re
 import xml.etree.ElementTree as ElementTree
 from collections import Counter
 from pathlib import Path
@@ -18,6 +20,7 @@ GPU_TEST_FOLDER = 'tests/ops'
 GPU_TEST_KEYWORDS = ('cuda', 'gpu', 'implicit_gemm', 'triton', 'emu')
 TESTS_LIMIT_S = 240
 NO_TESTS_COLLECTED = 5     # pytest's exit code
+COLLECTED = re.compile(r'(\d+)(?:/\d+)? tests? collected')
 
 
 def gpu_test_files() -> List[str]:
@@ -73,12 +76,16 @@ def describe_counts(counts: dict) -> str:
 def run_gpu_tests(context: CheckContext) -> Outcome:
     """pytest over the GPU selection; fails on any failed test or when nothing was selected."""
     junit = context.work_dir / 'tests.xml'
-    arguments = pytest_arguments(junit)
+    junit.unlink(missing_ok=True)
+    collect_only = context.quick and not context.on_gpu
+    arguments = pytest_arguments(junit) + (['--collect-only'] if collect_only else [])
     result = run_command(python_command(*arguments), context, TESTS_LIMIT_S, test_environment(context),
                          log_name='tests.log')
-    counts = junit_counts(junit)
+    counts = {} if collect_only else junit_counts(junit)
     details = {**result, 'files': gpu_test_files(), 'keywords': list(GPU_TEST_KEYWORDS), **counts}
-    summary = describe_counts(counts)
+    collected = COLLECTED.findall(result['log_tail'])
+    summary = f'{collected[-1] if collected else "no"} tests collected (--quick on the CPU: not run)' \
+        if collect_only else describe_counts(counts)
     if result['timed_out']:
         raise StepFailed(f'pytest ran past {TESTS_LIMIT_S} s', details)
     if result['returncode'] == NO_TESTS_COLLECTED:

@@ -32,6 +32,7 @@ def sanitize_gpu_tests(tool: str, context: CheckContext) -> Outcome:
     """
     sanitizer = find_compute_sanitizer()
     junit = context.work_dir / f'{tool}.xml'
+    junit.unlink(missing_ok=True)
     command = [sanitizer or 'compute-sanitizer', '--tool', tool, '--error-exitcode', str(SANITIZER_ERROR_EXIT_CODE),
                '--print-limit', '100', *python_command(*pytest_arguments(junit))]
     if not context.on_gpu:
