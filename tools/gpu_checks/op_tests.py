@@ -84,8 +84,10 @@ def run_gpu_tests(context: CheckContext) -> Outcome:
     counts = {} if collect_only else junit_counts(junit)
     details = {**result, 'files': gpu_test_files(), 'keywords': list(GPU_TEST_KEYWORDS), **counts}
     collected = COLLECTED.findall(result['log_tail'])
-    summary = f'{collected[-1] if collected else "no"} tests collected (--quick on the CPU: not run)' \
-        if collect_only else describe_counts(counts)
+    if collect_only:
+        summary = f'{collected[-1] if collected else "no"} tests collected (--quick on the CPU: not run)'
+    else:
+        summary = describe_counts(counts) + ('' if context.on_gpu else ' on the emulation and the Triton interpreter')
     if result['timed_out']:
         raise StepFailed(f'pytest ran past {TESTS_LIMIT_S} s', details)
     if result['returncode'] == NO_TESTS_COLLECTED:
@@ -93,5 +95,4 @@ def run_gpu_tests(context: CheckContext) -> Outcome:
     if result['returncode'] != 0:
         raise StepFailed(f'pytest exited with {result["returncode"]}: {summary}', details)
     mode = 'device' if context.on_gpu else 'cpu-equivalent'
-    return Outcome(summary + ('' if context.on_gpu else ' (CPU: on the emulation and the Triton interpreter)'),
-                   details, mode)
+    return Outcome(summary, details, mode)
