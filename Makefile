@@ -7,6 +7,8 @@
 #   make package-check  sdist -> isolated wheel build -> fresh venv -> installed commands run outside the tree
 #   make emulation  the CPU emulation of the CUDA kernels (tests/cuda_emulation.py), which the CUDA tests run on
 #   make emulation-sanitize  the emulated CUDA tests again, built with AddressSanitizer and UBSan
+#   make gpu-check  on a GPU machine: build for sm_90, CUDA tests, sanitizers, syncs, CUDA graph, timings
+#                   (outputs/gpu_check/; GPU_CHECK_ARGS='--device cpu --quick --no-build' is the dry run)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -17,8 +19,11 @@ export CUDA_HOME
 NATIVE_SOURCES := $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cuda/*.cu)
 EXTENSION := sparsevision/_C.so
 PYTEST_ARGS ?=
+GPU_CHECK_ARGS ?=
+# the GPU machine has no .venv: its python3 holds torch
+GPU_CHECK_PYTHON ?= $(if $(wildcard $(PY)),$(PY),python3)
 
-.PHONY: venv build test demo bench clean system-deps package-check emulation emulation-sanitize
+.PHONY: venv build test demo bench clean system-deps package-check emulation emulation-sanitize gpu-check
 
 venv: $(VENV)/.installed
 
@@ -74,6 +79,11 @@ bench: build
 	$(PY) tools/benchmark/masked_pretrain.py --quick --json outputs/bench/masked_pretrain.json
 	$(PY) tools/benchmark/spiking.py --quick --json outputs/bench/spiking.json
 	$(PY) tools/benchmark/sparse_unet.py --quick --json outputs/bench/sparse_unet.json
+
+gpu-check:
+	mkdir -p outputs/gpu_check
+	PYTHONPATH=$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} $(GPU_CHECK_PYTHON) tools/gpu_check.py \
+	  --json outputs/gpu_check/gpu_check.json $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf build $(EXTENSION) sparsevision/.mim outputs

@@ -30,8 +30,15 @@ says whether spconv's output still matches its own 1-thread output under the sam
 difference when not (a finding about the peer, not a failure of ours); ``ours = own 1t`` whether ours is bitwise
 identical to our 1-thread output.
 
-Peer patches, printed in the header: ``spconv.pytorch.ops.get_current_stream = lambda: 0`` (its CPU backward asks
-for a CUDA stream); spconv's bundled OpenMP runtime (separate from torch's) is set to the same thread count.
+Peer patches, printed in the header: without CUDA, ``spconv.pytorch.ops.get_current_stream = lambda: 0`` (its CPU
+backward asks for a CUDA stream); spconv's bundled OpenMP runtime (separate from torch's) is set to the same thread
+count.
+
+``--device cuda``: the same rows on the GPU against a CUDA build of spconv (spconv-cu12x; a CPU-only spconv is no
+CUDA peer, and the script says so and exits), timed with CUDA events around back-to-back calls. spconv's layers run
+its default algorithm there (``MaskImplicitGemm``); the kernel-map rows still call its Native builder, whose rulebook
+compares with our map. Without open3d (the
+GPU machine) the street scene is replaced by ``scenes.analytic_street_scene``, and the header says so.
 
 Follows ``/work/shared/BENCHMARKS.md``. Beyond its JSON schema, every row has ``threads``, ``sites``, ``pairs``,
 ``gflops_peer``, ``repetitions``, ``relative_diff`` (max abs diff / max|oracle|), ``peer_matches_own_1thread``,
@@ -65,7 +72,7 @@ from sparsevision.datasets.mesh_sampling import sample_surface
 from sparsevision.sparse import kernel_maps as our_kernel_maps
 
 import protocol  # noqa: E402  (tools/benchmark/protocol.py, beside this script)
-from scenes import Sites, street_scene, voxelise  # noqa: E402  (tools/benchmark/scenes.py)
+from scenes import Sites, street_scene_or_stand_in, voxelise  # noqa: E402  (tools/benchmark/scenes.py)
 
 MESH_FOLDER = Path(__file__).resolve().parents[3] / 'shared' / 'data' / 'meshes'   # beside the checkout, as in tests
 MESH_FILES = ['bunny10k.obj', 'airplane.obj']
@@ -93,7 +100,8 @@ def import_peer():
         from spconv.core import ConvAlgo
     except ImportError as error:
         sys.exit(f'spconv is not installed ({error}); this benchmark compares against it')
-    spconv_torch.ops.get_current_stream = lambda: 0
+    if not torch.cuda.is_available():
+        spconv_torch.ops.get_current_stream = lambda: 0
     runtime_files = glob.glob(str(Path(spconv.__file__).parent.parent / 'spconv.libs' / 'libgomp*.so*'))
     openmp = ctypes.CDLL(runtime_files[0]) if runtime_files else None
     return spconv, spconv_torch, ConvAlgo, openmp
@@ -101,6 +109,8 @@ def import_peer():
 
 SPCONV, spconv_torch, ConvAlgo, SPCONV_OPENMP = import_peer()
 PEER = f'spconv {SPCONV.__version__} ({"CPU" if SPCONV.cppconstants.CPU_ONLY_BUILD else "CUDA"} build)'
+PEER_PATCHES = ('spconv.pytorch.ops.get_current_stream = lambda: 0 (its CPU backward asks for a CUDA stream)'
+                if not torch.cuda.is_available() else 'none to spconv\'s code')
 
 
 def set_threads(count: int) -> None:
@@ -110,24 +120,30 @@ def set_threads(count: int) -> None:
         SPCONV_OPENMP.omp_set_num_threads(count)
 
 
+PEER_MAP_BUILDERS = ('get_indice_pairs', 'get_indice_pairs_implicit_gemm')   # Native; implicit GEMM (CUDA default)
+
+
 def count_map_builds(call: Callable[[], object]) -> tuple:
     """``((our builds, spconv builds), call())``: proves whether a timed call reuses a kernel map or builds one."""
     builds = {'ours': 0, 'peer': 0}
-    our_build, peer_build = our_kernel_maps._build, spconv_torch.ops.get_indice_pairs
+    our_build = our_kernel_maps._build
+    peer_builders = {name: getattr(spconv_torch.ops, name) for name in PEER_MAP_BUILDERS}
 
-    def counting_our_build(*args, **kwargs):
-        builds['ours'] += 1
-        return our_build(*args, **kwargs)
+    def counting(side, function):
+        def counting_build(*args, **kwargs):
+            builds[side] += 1
+            return function(*args, **kwargs)
+        return counting_build
 
-    def counting_peer_build(*args, **kwargs):
-        builds['peer'] += 1
-        return peer_build(*args, **kwargs)
-
-    our_kernel_maps._build, spconv_torch.ops.get_indice_pairs = counting_our_build, counting_peer_build
+    our_kernel_maps._build = counting('ours', our_build)
+    for name, function in peer_builders.items():
+        setattr(spconv_torch.ops, name, counting('peer', function))
     try:
         result = call()
     finally:
-        our_kernel_maps._build, spconv_torch.ops.get_indice_pairs = our_build, peer_build
+        our_kernel_maps._build = our_build
+        for name, function in peer_builders.items():
+            setattr(spconv_torch.ops, name, function)
     return (builds['ours'], builds['peer']), result
 
 
@@ -254,8 +270,8 @@ def kernel_map_cases(sites: Sites, device: str, strided: bool) -> List[Case]:
     return [Case(name, ours, peer, comparable_ours, comparable_peer, count, pairs, 0.0)]
 
 
-def layer_pair(in_channels: int, out_channels: int, strided: bool, device: str):
-    """spconv's layer (seeded init) and ours with its state_dict loaded: the same weights."""
+def layer_pair(in_channels: int, out_channels: int, strided: bool, device: str, dtype: torch.dtype = torch.float32):
+    """spconv's layer (seeded init) and ours with its state_dict loaded: the same weights, in ``dtype``."""
     torch.manual_seed(in_channels * 1000 + out_channels)
     if strided:
         peer_layer = spconv_torch.SparseConv3d(in_channels, out_channels, 3, stride=2, padding=1, bias=False)
@@ -264,16 +280,17 @@ def layer_pair(in_channels: int, out_channels: int, strided: bool, device: str):
         peer_layer = spconv_torch.SubMConv3d(in_channels, out_channels, 3, bias=False, indice_key='subm')
         our_layer = sv.SubMConv3d(in_channels, out_channels, 3, bias=False, indice_key='subm')
     our_layer.load_state_dict(peer_layer.state_dict())
-    return our_layer.to(device), peer_layer.to(device)
+    return our_layer.to(device, dtype), peer_layer.to(device, dtype)
 
 
 def layer_case(sites: Sites, in_channels: int, out_channels: int, strided: bool, backward: bool, reuse_map: bool,
-               device: str) -> Case:
+               device: str, dtype: torch.dtype = torch.float32) -> Case:
     """A layer called as users call it; with ``reuse_map`` on a tensor whose kernel map is already built."""
-    our_layer, peer_layer = layer_pair(in_channels, out_channels, strided, device)
+    our_layer, peer_layer = layer_pair(in_channels, out_channels, strided, device, dtype)
     indices, shape = sites.indices.to(device), sites.spatial_shape
     generator = torch.Generator().manual_seed(in_channels)
-    features = torch.randn(indices.shape[0], in_channels, generator=generator).to(device).requires_grad_(backward)
+    features = torch.randn(indices.shape[0], in_channels, generator=generator).to(device, dtype)
+    features.requires_grad_(backward)
     geometry = STRIDED_GEOMETRY if strided else SUBMANIFOLD_GEOMETRY
     out_indices = indices
     if strided:
@@ -325,7 +342,8 @@ def layer_case(sites: Sites, in_channels: int, out_channels: int, strided: bool,
         f'SubMConv3d k3 {in_channels}->{out_channels}'
     passes = 'fwd+bwd' if backward else 'fwd'
     map_note = 'map reused' if reuse_map else 'incl. map build'
-    return Case(f'{kind} {passes} ({map_note}), {sites.label}', ours, peer, comparable, comparable,
+    dtype_note = '' if dtype == torch.float32 else f' {str(dtype).removeprefix("torch.")}'
+    return Case(f'{kind}{dtype_note} {passes} ({map_note}), {sites.label}', ours, peer, comparable, comparable,
                 indices.shape[0], pairs, 2.0 * pairs * in_channels * out_channels * (3 if backward else 1),
                 expected_builds=0 if reuse_map else 1)
 
@@ -333,7 +351,8 @@ def layer_case(sites: Sites, in_channels: int, out_channels: int, strided: bool,
 def all_cases(quick: bool, device: str) -> List[Case]:
     """The headline cases on the street scan in quick mode; else every layer, width and input."""
     start = time.perf_counter()
-    scene = street_scene()
+    scene, scene_note = street_scene_or_stand_in()
+    print(f'street scene: {scene_note}')
     inputs = [scene]
     if not quick:
         if MESH_FOLDER.is_dir():
@@ -512,10 +531,14 @@ def print_table(rows: List[dict]) -> None:
 
 
 def library_versions() -> str:
-    import open3d
     import cumm
+    try:
+        import open3d
+        open3d_version = open3d.__version__
+    except ImportError:
+        open3d_version = 'not installed'
     return (f'sparsevision {sparsevision.__version__}, torch {torch.__version__}, {PEER}, cumm {cumm.__version__}, '
-            f'open3d {open3d.__version__}, numpy {np.__version__}, python {platform.python_version()}; '
+            f'open3d {open3d_version}, numpy {np.__version__}, python {platform.python_version()}; '
             f'{ops.extension_info()}')
 
 
@@ -537,7 +560,7 @@ def main():
     if args.device == 'cuda' and not torch.cuda.is_available():
         sys.exit('--device cuda: CUDA is not available')
     if args.device == 'cuda' and SPCONV.cppconstants.CPU_ONLY_BUILD:
-        sys.exit('--device cuda: the installed spconv is a CPU-only build')
+        sys.exit(f'--device cuda: the installed {PEER} is no CUDA peer; install spconv-cu12x (and cumm-cu12x)')
     started = time.perf_counter()
     rounds, target_s = 3, 0.05
     cpu = protocol.cpu_name()
@@ -548,12 +571,13 @@ def main():
     print(f'machine: {os.cpu_count()} cores, {cpu}{f", GPU {gpu}" if gpu else ""}; device {args.device}; '
           f'threads {args.threads}; load average {os.getloadavg()[0]:.2f} at start')
     print(f'versions: {library_versions()}')
-    print('peer patches: spconv.pytorch.ops.get_current_stream = lambda: 0 (its CPU backward asks for a CUDA stream); '
+    print(f'peer patches: {PEER_PATCHES}; '
           + ('spconv\'s bundled OpenMP runtime set to the thread count too'
              if SPCONV_OPENMP is not None else 'spconv\'s OpenMP runtime not found: only torch\'s threads are set'))
-    print(f'timing: float32, bias off; {rounds} rounds alternating sides, each side best of {REPETITIONS} repetitions '
-          f'(5 for calls under {SHORT_CALL_S * 1e3:.0f} ms) of about {target_s * 1e3:.0f} ms of calls; the check call '
-          'is the warm-up')
+    clock = 'CUDA events' if args.device == 'cuda' else 'wall clock'
+    print(f'timing ({clock}): float32, bias off; {rounds} rounds alternating sides, each side best of {REPETITIONS} '
+          f'repetitions (5 for calls under {SHORT_CALL_S * 1e3:.0f} ms) of about {target_s * 1e3:.0f} ms of calls; '
+          'the check call is the warm-up')
     print(f'match = ours vs spconv at 1 thread (the oracle), max abs diff <= {RELATIVE_TOLERANCE:g} * max|spconv| per '
           'tensor, kernel maps and sites exact; GFLOP/s = 2 * pairs * C_in * C_out / time, fwd+bwd 3x; '
           'ratio = ours/peer time, median over rounds (lower is better)')

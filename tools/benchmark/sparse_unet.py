@@ -25,8 +25,12 @@ two float32 results differ by up to ~6e-2. That both compute the same function i
 Above 1 thread, ``spconv = own 1t`` and ``ours = own 1t`` as in ``sparse_conv.py``, whose protocol code this script
 reuses.
 
-Peer patches, printed in the header: ``spconv.pytorch.ops.get_current_stream = lambda: 0`` (its CPU backward asks
-for a CUDA stream); spconv's bundled OpenMP runtime is set to the same thread count. Follows
+Peer patches, printed in the header: without CUDA, ``spconv.pytorch.ops.get_current_stream = lambda: 0`` (its CPU
+backward asks for a CUDA stream); spconv's bundled OpenMP runtime is set to the same thread count.
+
+``--device cuda``: the same rows on the GPU against a CUDA build of spconv, timed with CUDA events; the float64 check
+runs on the CPU (spconv's CUDA kernels have no float64). Without open3d the street scene is replaced by
+``scenes.analytic_street_scene``, and the header says so. Follows
 ``/work/shared/BENCHMARKS.md``; the JSON rows have ``sites`` and no FLOP counts (``pairs`` null).
 
 Usage::
@@ -49,7 +53,7 @@ from sparsevision.sparse import SparseTensor
 
 import protocol  # noqa: E402  (tools/benchmark/protocol.py, beside this script)
 import sparse_conv  # noqa: E402  (the protocol's checking and timing; importing it patches spconv's CPU backward)
-from scenes import street_scene  # noqa: E402  (tools/benchmark/scenes.py)
+from scenes import street_scene_or_stand_in  # noqa: E402  (tools/benchmark/scenes.py)
 
 spconv = sparse_conv.spconv_torch
 IN_CHANNELS = 4
@@ -188,8 +192,11 @@ def main():
     args = parser.parse_args()
     if args.threads is None:
         args.threads = [1] if args.quick else sorted({1, torch.get_num_threads()})
-    if args.device == 'cuda' and (not torch.cuda.is_available() or sparse_conv.SPCONV.cppconstants.CPU_ONLY_BUILD):
-        sys.exit('--device cuda needs CUDA and a CUDA build of spconv')
+    if args.device == 'cuda' and not torch.cuda.is_available():
+        sys.exit('--device cuda: CUDA is not available')
+    if args.device == 'cuda' and sparse_conv.SPCONV.cppconstants.CPU_ONLY_BUILD:
+        sys.exit(f'--device cuda: the installed {sparse_conv.PEER} is no CUDA peer; install spconv-cu12x (and '
+                 'cumm-cu12x)')
     started = time.perf_counter()
     rounds, target_s = 3, 0.05
     cpu = protocol.cpu_name()
@@ -200,19 +207,21 @@ def main():
     print(f'machine: {os.cpu_count()} cores, {cpu}{f", GPU {gpu}" if gpu else ""}; device {args.device}; '
           f'threads {args.threads}; load average {os.getloadavg()[0]:.2f} at start')
     print(f'versions: {sparse_conv.library_versions()}')
-    print('peer patches: spconv.pytorch.ops.get_current_stream = lambda: 0 (its CPU backward asks for a CUDA stream); '
+    print(f'peer patches: {sparse_conv.PEER_PATCHES}; '
           'spconv\'s bundled OpenMP runtime set to the thread count too')
-    print(f'timing: float32, whole network incl. kernel-map builds; {rounds} rounds alternating sides, each side best '
-          f'of {sparse_conv.REPETITIONS} repetitions (5 for calls under {sparse_conv.SHORT_CALL_S * 1e3:.0f} ms); the '
-          'check call is the warm-up')
+    clock = 'CUDA events' if args.device == 'cuda' else 'wall clock'
+    print(f'timing ({clock}): float32, whole network incl. kernel-map builds; {rounds} rounds alternating sides, each '
+          f'side best of {sparse_conv.REPETITIONS} repetitions (5 for calls under '
+          f'{sparse_conv.SHORT_CALL_S * 1e3:.0f} ms); the check call is the warm-up')
     print(f'match = ours vs spconv at 1 thread, max abs diff <= {TOLERANCE["fwd"]:g} (fwd) / '
           f'{TOLERANCE["fwd+bwd"]:g} (fwd+bwd, training-mode batch norm) * max|spconv| for the output and every '
           'gradient; ratio = ours/peer time, median over rounds (lower is better)')
-    sites = street_scene(**QUICK_SCENE) if args.quick else street_scene()
+    sites, scene_note = street_scene_or_stand_in(**QUICK_SCENE) if args.quick else street_scene_or_stand_in()
+    print(f'street scene: {scene_note}')
     print(f'input {sites.label}: {sites.indices.shape[0]} sites, grid {sites.spatial_shape}')
-    same_function = float64_difference(sites, args.device)
-    print(f'float64 check (training-mode fwd+bwd, 1 thread): output and all gradients agree to {same_function:.0e} '
-          f'of their size ({"yes" if same_function <= FLOAT64_TOLERANCE else "NO"}, tolerance '
+    same_function = float64_difference(sites, 'cpu')
+    print(f'float64 check (on the CPU, training-mode fwd+bwd, 1 thread): output and all gradients agree to '
+          f'{same_function:.0e} of their size ({"yes" if same_function <= FLOAT64_TOLERANCE else "NO"}, tolerance '
           f'{FLOAT64_TOLERANCE:g})\n')
     cases = unet_cases(sites, args.device)
     previous_threads = torch.get_num_threads()
