@@ -55,10 +55,12 @@ SANITIZER_PRELOAD = $(shell gcc -print-file-name=libasan.so) $(shell gcc -print-
 emulation: $(VENV)/.installed
 	$(PY) tests/cuda_emulation.py
 
+SANITIZER_ENV = SV_EMULATION_SANITIZE=1 ASAN_OPTIONS=detect_leaks=0:halt_on_error=1 \
+	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 LD_PRELOAD="$(SANITIZER_PRELOAD)"
+
 emulation-sanitize: build
-	SV_EMULATION_SANITIZE=1 $(PY) tests/cuda_emulation.py
-	SV_EMULATION_SANITIZE=1 ASAN_OPTIONS=detect_leaks=0:halt_on_error=1 UBSAN_OPTIONS=halt_on_error=1 \
-	  LD_PRELOAD="$(SANITIZER_PRELOAD)" $(PY) -m pytest -q -p no:cacheprovider $(EMULATED_TESTS) -k emulated
+	$(SANITIZER_ENV) $(PY) tests/cuda_emulation.py
+	$(SANITIZER_ENV) $(PY) -m pytest -q -p no:cacheprovider $(EMULATED_TESTS) -k "emulated or refuse"
 
 test: build emulation system-deps
 	$(PY) -m pytest tests $(PYTEST_ARGS)
