@@ -25,7 +25,7 @@ class ConvAlgorithm(str, enum.Enum):
     ROW_PAIRS = 'row_pairs'            # groups == 1: row pairs' accumulators in vector registers
     ROW_BLOCKS = 'row_blocks'          # groups == 1, wide weights: blocks of rows walked tap by tap
     NARROW_OUTPUTS = 'narrow_outputs'  # groups == 1, at most 8 outputs: dot products along input channels
-    GROUPED = 'grouped'                # grouped and depthwise layers
+    GROUPED = 'grouped'                # any layer; chosen for grouped and depthwise ones
     # GPU
     IMPLICIT_GEMM = 'implicit_gemm'    # one output-stationary Triton kernel over the [M, K] map
     GATHER_GEMM = 'gather_gemm'        # per tap: gather, GEMM, add (CUDA C++)
