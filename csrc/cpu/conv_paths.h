@@ -2,8 +2,8 @@
 //
 // sparse_conv (output-stationary): out[m, o] = sum over taps k and input channels i of o's group of
 // features[neighbors[m, k], i] * weight[k, i_local, o]. Every path sums each output row in one thread, in an order
-// fixed by the shape, so results are bitwise identical at any thread count. The paths are named in conv_algorithm.h
-// and chosen in sparse_conv.cpp; half and bfloat16 accumulate in float32.
+// fixed by the shape, so results are bitwise identical at any thread count. The paths are named and chosen in
+// conv_algorithm.h, and dispatched to in sparse_conv.cpp; half and bfloat16 accumulate in float32.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -15,6 +15,7 @@
 
 namespace sparsevision {
 
+// Output rows per block of the grouped path, and per parallel grain of the narrow-output and row-pair paths.
 constexpr int64_t kRowBlock = 32;
 
 struct ConvShape {
