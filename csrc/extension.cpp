@@ -7,7 +7,9 @@
 // - register_kernels(), which registers the C++ and CUDA kernels (csrc/registration.h). Python calls it only when the
 //   fingerprints agree, and a registration error becomes a RuntimeError instead of aborting the process;
 // - the controls of the recycled CPU output buffers (csrc/cpu/recycled_buffers.h), wrapped by
-//   sparsevision/ops/recycled_buffers.py.
+//   sparsevision/ops/recycled_buffers.py;
+// - the CPU sparse convolution's path choice and this thread's forced path (csrc/cpu/conv_algorithm.h), wrapped by
+//   sparsevision/ops/conv_algorithms.py.
 #include <Python.h>
 
 #include <exception>
@@ -15,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "cpu/conv_algorithm.h"
 #include "cpu/recycled_buffers.h"
 #include "registration.h"
 
@@ -43,6 +46,37 @@ PyObject* release_recycled_buffers(PyObject*, PyObject*) {
 
 PyObject* idle_recycled_bytes(PyObject*, PyObject*) {
   return PyLong_FromLongLong(sparsevision::idle_recycled_bytes());
+}
+
+// The ConvAlgorithm value of the path a CPU sparse_conv with this weight shape and dtype takes (the forced one, if it
+// can take the shapes).
+PyObject* conv_algorithm(PyObject*, PyObject* args) {
+  long long in_channels = 0, out_channels = 0, taps = 0, groups = 0;
+  const char* dtype = nullptr;
+  if (!PyArg_ParseTuple(args, "LLLLs", &in_channels, &out_channels, &taps, &groups, &dtype)) return nullptr;
+  try {
+    TORCH_CHECK_VALUE(groups >= 1, "sparse_conv: groups must be >= 1, got ", groups);
+    const sparsevision::ConvProblem problem{in_channels, out_channels, taps, groups,
+                                            sparsevision::floating_dtype_named(dtype)};
+    return PyUnicode_FromString(sparsevision::algorithm_name(sparsevision::conv_algorithm_for(problem)));
+  } catch (const c10::ValueError& error) {
+    PyErr_SetString(PyExc_ValueError, error.what_without_backtrace());
+    return nullptr;
+  }
+}
+
+// The WeightGradAlgorithm value of the path a CPU sparse_conv_weight_grad with `groups` groups takes.
+PyObject* weight_grad_algorithm(PyObject*, PyObject* args) {
+  long long groups = 0;
+  if (!PyArg_ParseTuple(args, "L", &groups)) return nullptr;
+  return PyUnicode_FromString(sparsevision::algorithm_name(sparsevision::choose_weight_grad_algorithm(groups)));
+}
+
+PyObject* force_conv_algorithm(PyObject*, PyObject* args) {
+  const char* name = nullptr;
+  if (!PyArg_ParseTuple(args, "z", &name)) return nullptr;
+  sparsevision::force_conv_algorithm(name == nullptr ? "" : name);
+  Py_RETURN_NONE;
 }
 
 // Registers every kernel, once: a later call repeats the first call's outcome. The libraries live until the process
@@ -94,6 +128,14 @@ PyMethodDef methods[] = {
     {"release_recycled_buffers", release_recycled_buffers, METH_NOARGS,
      "Frees every idle recycled buffer; returns the bytes freed."},
     {"idle_recycled_bytes", idle_recycled_bytes, METH_NOARGS, "Bytes held by idle recycled buffers."},
+    {"conv_algorithm", conv_algorithm, METH_VARARGS,
+     "conv_algorithm(in_channels, out_channels, taps, groups, dtype_name): the CPU sparse_conv path such a call "
+     "takes in this thread."},
+    {"weight_grad_algorithm", weight_grad_algorithm, METH_VARARGS,
+     "weight_grad_algorithm(groups): the CPU sparse_conv_weight_grad path."},
+    {"force_conv_algorithm", force_conv_algorithm, METH_VARARGS,
+     "force_conv_algorithm(name or None): forces (or, with None, stops forcing) this thread's CPU sparse_conv path; "
+     "a call the path cannot take raises ValueError."},
     {nullptr, nullptr, 0, nullptr}};
 
 }  // namespace

@@ -12,10 +12,6 @@
 
 namespace sparsevision {
 
-// Layers with at most this many outputs (and one group) run the CPU sparse_conv's narrow-output path, which sums
-// each output along the input channels in vectors: another order than the wider paths.
-constexpr int64_t kNarrowOutputs = 8;
-
 // The CPU kernel of sparsevision::sparse_conv (csrc/cpu/sparse_conv.cpp), for kernels that defer to it.
 at::Tensor sparse_conv_on_cpu(const at::Tensor& features, const at::Tensor& weight, const at::Tensor& neighbors,
                               const at::Tensor& inverse_neighbors, int64_t groups);

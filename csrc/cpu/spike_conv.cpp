@@ -33,6 +33,7 @@
 
 #include "../registration.h"
 #include "../sparse_conv.h"
+#include "conv_algorithm.h"
 #include "vectors.h"
 
 namespace sparsevision {

@@ -1,4 +1,8 @@
-"""sparse_conv and sparse_conv_weight_grad against the reference: random, adversarial, gradients, opcheck."""
+"""sparse_conv and sparse_conv_weight_grad against the reference: random, adversarial, gradients, opcheck; the named
+CPU paths: the choice, forcing, each path against the reference and the bitwise properties between them."""
+import contextlib
+import threading
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -6,10 +10,17 @@ from hypothesis import strategies as st
 
 import sparsevision.ops as ops
 from sparsevision.ops import reference
+from sparsevision.ops.conv_algorithms import (ConvAlgorithm, WeightGradAlgorithm, conv_algorithm,
+                                              forced_conv_algorithm, use_conv_algorithm, weight_grad_algorithm)
 from sparsevision.ops.coordinates import keys_to_coordinates
 
 SPARSE_CONV = torch.ops.sparsevision.sparse_conv.default
 WEIGHT_GRAD = torch.ops.sparsevision.sparse_conv_weight_grad.default
+ROW_PAIRS, ROW_BLOCKS = ConvAlgorithm.ROW_PAIRS, ConvAlgorithm.ROW_BLOCKS
+NARROW_OUTPUTS, GROUPED = ConvAlgorithm.NARROW_OUTPUTS, ConvAlgorithm.GROUPED
+CPU_ALGORITHMS = [algorithm for algorithm in ConvAlgorithm if algorithm.device_type == 'cpu']
+requires_native = pytest.mark.skipif(not ops.extension_info().cpu_kernels,
+                                     reason='the CPU paths are the native kernels (the reference has none)')
 
 
 def make_case(count, shape, groups, in_per_group, out_per_group, dtype=torch.float64, seed=0, strided=False):
@@ -35,7 +46,8 @@ def assert_matches_reference(features, weight, neighbors, inverse, groups):
     torch.testing.assert_close(out, expected, **tolerance)
     grad_output = torch.randn_like(out)
     torch.testing.assert_close(WEIGHT_GRAD(features, grad_output, neighbors, inverse, groups),
-                               reference.sparse_conv_weight_grad(features, grad_output, neighbors, inverse, groups), **tolerance)
+                               reference.sparse_conv_weight_grad(features, grad_output, neighbors, inverse, groups),
+                               **tolerance)
 
 
 @settings(max_examples=60, deadline=None)
@@ -124,28 +136,224 @@ def test_out_major_weight_gets_its_gradient_with_contiguous_rows():
 def test_opcheck():
     features, weight, neighbors, inverse = make_case(80, [5, 5, 5], 2, 3, 4, strided=True)
     torch.library.opcheck(SPARSE_CONV, (features.requires_grad_(), weight.requires_grad_(), neighbors, inverse, 2))
-    torch.library.opcheck(WEIGHT_GRAD, (features.detach(), torch.randn(neighbors.shape[0], 8, dtype=torch.float64,
-                                                                        requires_grad=True), neighbors, inverse, 2))
+    grad_output = torch.randn(neighbors.shape[0], 8, dtype=torch.float64, requires_grad=True)
+    torch.library.opcheck(WEIGHT_GRAD, (features.detach(), grad_output, neighbors, inverse, 2))
 
 
-# (sites, in, out): register-blocked rows (32 x 64 channels; 24 outputs zero-padded to 32), and the wide row-block path
-# (weight over 256 KB; 48-channel chunks for 96 outputs), whose row blocks depend on the thread count.
-@pytest.mark.parametrize('count, in_per_group, out_per_group', [(4000, 32, 64), (4000, 32, 24), (4000, 32, 256),
-                                                                 (1500, 96, 96), (4500, 96, 96), (4500, 64, 64),
-                                                                 (4000, 20, 384), (4000, 32, 4), (4000, 20, 7)])
-def test_bitwise_identical_across_threads(count, in_per_group, out_per_group):
-    features, weight, neighbors, inverse = make_case(count, [20, 20, 20], 1, in_per_group, out_per_group,
-                                                     torch.float32)
-    grad_output = torch.randn(neighbors.shape[0], out_per_group)
+@contextlib.contextmanager
+def threads(count):
+    """Runs the block with ``count`` intra-op threads, then restores the previous count."""
     previous = torch.get_num_threads()
-    results = []
+    torch.set_num_threads(count)
     try:
-        for count in (1, 2, 2):
-            torch.set_num_threads(count)
-            results.append((SPARSE_CONV(features, weight, neighbors, inverse, 1),
-                            WEIGHT_GRAD(features, grad_output, neighbors, inverse, 1)))
+        yield
     finally:
         torch.set_num_threads(previous)
+
+
+def algorithms_taking(features, weight, groups):
+    """The CPU paths that can take this layer (forcing any other one raises ValueError)."""
+    taking = []
+    for algorithm in CPU_ALGORITHMS:
+        with use_conv_algorithm(algorithm):
+            try:
+                conv_algorithm(features, weight, groups)
+            except ValueError:
+                continue
+        taking.append(algorithm)
+    return taking
+
+
+ANY_LAYER = {ROW_PAIRS, ROW_BLOCKS, GROUPED}
+
+
+# (in, out, taps, groups, dtype): the path the shapes choose, and the weight gradient's.
+@requires_native
+@pytest.mark.parametrize('in_channels, out_channels, taps, groups, dtype, expected', [
+    (32, 4, 27, 1, torch.float32, NARROW_OUTPUTS),     # at most kNarrowOutputs outputs
+    (4, 8, 125, 1, torch.float64, NARROW_OUTPUTS),
+    (32, 9, 27, 1, torch.float32, ROW_PAIRS),          # padded to 16 outputs: 55 KB weight
+    (32, 64, 27, 1, torch.float32, ROW_PAIRS),         # 221 KB: not over kWideWeightBytes
+    (64, 64, 27, 1, torch.float32, ROW_BLOCKS),        # 442 KB
+    (32, 64, 27, 1, torch.float64, ROW_BLOCKS),        # the same layer in float64: 442 KB
+    (32, 64, 27, 1, torch.bfloat16, ROW_PAIRS),        # accumulates in float32: 221 KB
+    (38, 56, 27, 1, torch.float32, ROW_BLOCKS),        # 230 KB, but 263 KB once padded to 64 outputs
+    (96, 128, 1, 1, torch.float32, ROW_BLOCKS),        # kernel-1 layers whatever their weight size
+    (4, 16, 1, 1, torch.float32, ROW_BLOCKS),
+    (2, 4, 27, 2, torch.float32, GROUPED),             # grouped, however narrow
+    (16, 16, 27, 16, torch.float16, GROUPED),          # depthwise
+])
+def test_the_shapes_choose_the_documented_path(in_channels, out_channels, taps, groups, dtype, expected):
+    features = torch.zeros(3, in_channels, dtype=dtype)
+    weight = torch.zeros(taps, in_channels // groups, out_channels, dtype=dtype)
+    assert conv_algorithm(features, weight, groups) is expected
+    assert weight_grad_algorithm(groups) is WeightGradAlgorithm('register_tiles' if groups == 1 else 'grouped')
+
+
+@requires_native
+@pytest.mark.parametrize('algorithm, groups, out_channels, message', [
+    (NARROW_OUTPUTS, 1, 9, 'needs groups == 1 and at most 8 outputs'),
+    (NARROW_OUTPUTS, 2, 4, 'needs groups == 1 and at most 8 outputs'),
+    (ROW_PAIRS, 2, 16, 'needs groups == 1'),
+    (ROW_BLOCKS, 4, 16, 'needs groups == 1'),
+    (ConvAlgorithm.IMPLICIT_GEMM, 1, 16, 'not a CPU path'),
+    (ConvAlgorithm.GATHER_GEMM, 1, 16, 'not a CPU path'),
+])
+def test_forcing_a_path_that_cannot_take_the_layer_raises(algorithm, groups, out_channels, message):
+    features, weight, neighbors, inverse = make_case(40, [4, 4, 4], groups, 4, out_channels // groups)
+    with use_conv_algorithm(algorithm):
+        with pytest.raises(ValueError, match=message):
+            conv_algorithm(features, weight, groups)
+        with pytest.raises(ValueError, match=message):
+            ops.sparse_conv(features, weight, neighbors, inverse, groups)
+
+
+@requires_native
+def test_a_forced_path_holds_in_its_thread_only_and_is_restored():
+    features, weight = torch.zeros(3, 32), torch.zeros(27, 32, 64)
+    seen_elsewhere = []
+    with use_conv_algorithm(GROUPED):
+        with use_conv_algorithm('row_blocks'):
+            assert conv_algorithm(features, weight) is ROW_BLOCKS
+            assert forced_conv_algorithm() is ROW_BLOCKS
+        assert conv_algorithm(features, weight) is GROUPED
+        other = threading.Thread(target=lambda: seen_elsewhere.append(conv_algorithm(features, weight)))
+        other.start()
+        other.join()
+    assert seen_elsewhere == [ROW_PAIRS]
+    assert conv_algorithm(features, weight) is ROW_PAIRS and forced_conv_algorithm() is None
+
+
+# (groups, in/group, out/group, strided, the CPU paths that can take it). 32 inputs are read in place by the
+# narrow-output path (two float32 vectors), 20 and 3 through a zero-padded copy; 7 and 24 outputs are zero-padded to
+# 16 and 32 on the row paths; 96 outputs go in 96-channel chunks on the row blocks, 48 in 48-channel ones; 130 inputs
+# leave partial vectors and input-channel slices.
+PATH_CASES = [
+    (1, 32, 4, False, {NARROW_OUTPUTS} | ANY_LAYER),
+    (1, 20, 7, True, {NARROW_OUTPUTS} | ANY_LAYER),
+    (1, 3, 1, False, {NARROW_OUTPUTS} | ANY_LAYER),
+    (1, 32, 24, True, ANY_LAYER),
+    (1, 32, 64, False, ANY_LAYER),
+    (1, 20, 96, False, ANY_LAYER),
+    (1, 40, 48, True, ANY_LAYER),
+    (1, 130, 192, False, ANY_LAYER),
+    (2, 3, 4, False, {GROUPED}),
+    (16, 1, 1, True, {GROUPED}),
+    (3, 5, 16, False, {GROUPED}),
+]
+
+
+@requires_native
+@pytest.mark.parametrize('groups, in_per_group, out_per_group, strided, expected', PATH_CASES)
+def test_every_path_that_takes_a_layer_matches_the_reference(groups, in_per_group, out_per_group, strided, expected):
+    features, weight, neighbors, inverse = make_case(500, [10, 10, 10], groups, in_per_group, out_per_group, seed=5,
+                                                     strided=strided)
+    taking = algorithms_taking(features, weight, groups)
+    assert set(taking) == expected
+    exact = reference.sparse_conv(features, weight, neighbors, inverse, groups)
+    for algorithm in taking:
+        with use_conv_algorithm(algorithm):
+            assert_matches_reference(features, weight, neighbors, inverse, groups)
+            for dtype, tolerance in ((torch.float32, 1e-5), (torch.bfloat16, 2e-2), (torch.float16, 2e-3)):
+                rounded = features.to(dtype), weight.to(dtype)
+                expected_rounded = reference.sparse_conv(*(tensor.double() for tensor in rounded), neighbors, inverse,
+                                                         groups)
+                out = ops.sparse_conv(*rounded, neighbors, inverse, groups)
+                assert out.dtype == dtype
+                torch.testing.assert_close(out.double(), expected_rounded, rtol=0,
+                                           atol=tolerance * exact.abs().max().item())
+
+
+# Every path reads a weight view of any strides, as the layers pass spconv's [out, taps, in] memory and the backward
+# the transposed weight, without a copy (layers with one input or output channel per group have no such views).
+@requires_native
+@pytest.mark.parametrize('groups, in_per_group, out_per_group, strided, expected',
+                         [case for case in PATH_CASES if case[1] > 1 and case[2] > 1])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64, torch.bfloat16])
+def test_weight_views_give_the_contiguous_result(groups, in_per_group, out_per_group, strided, expected, dtype):
+    features, weight, neighbors, inverse = make_case(300, [10, 10, 10], groups, in_per_group, out_per_group, dtype,
+                                                     strided=strided)
+    spconv_layout = weight.permute(2, 0, 1).contiguous()
+    view = spconv_layout.permute(1, 2, 0)                                         # [taps, in, out], out slowest
+    transposed = weight.transpose(1, 2).contiguous().transpose(1, 2)              # in fastest
+    assert not view.is_contiguous() and not transposed.is_contiguous()
+    for algorithm in expected:
+        with use_conv_algorithm(algorithm):
+            contiguous = SPARSE_CONV(features, weight, neighbors, inverse, groups)
+            assert torch.equal(SPARSE_CONV(features, view, neighbors, inverse, groups), contiguous)
+            assert torch.equal(SPARSE_CONV(features, transposed, neighbors, inverse, groups), contiguous)
+
+
+def test_narrow_outputs_keep_non_finite_inputs_to_the_rows_that_read_them():
+    """An inf input row reaches only the outputs whose map reads it (absent taps and padding lanes add nothing)."""
+    features, weight, neighbors, inverse = make_case(300, [8, 8, 8], 1, 20, 4, torch.float32)
+    features[7] = float('inf')
+    with use_conv_algorithm(NARROW_OUTPUTS):
+        out = ops.sparse_conv(features, weight, neighbors, inverse, 1)
+    reads_row = (neighbors == 7).any(dim=1)
+    assert reads_row.any() and not torch.isfinite(out[reads_row]).all(dim=1).any()
+    assert torch.isfinite(out[~reads_row]).all()
+
+
+# The two row paths add taps, then input channels, in order, one multiply-add per channel: the same sums, bit for bit,
+# at any thread count (the row blocks depend on it). 256 outputs go in 64-channel chunks, 96 in 96 (row blocks) or 32
+# (row pairs), 80 in 16, 24 are zero-padded to 32; a kernel-1 map has rows without their one tap; 1,001 outputs leave
+# a partial row block.
+@requires_native
+@pytest.mark.parametrize('count, in_channels, out_channels, kernel_one', [
+    (1001, 64, 256, False), (700, 64, 96, False), (4200, 40, 80, False), (600, 32, 24, False), (3000, 96, 128, True),
+    (300, 256, 256, False)])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16, torch.float64])
+def test_row_pairs_and_row_blocks_give_the_same_bits(count, in_channels, out_channels, kernel_one, dtype):
+    features, weight, neighbors, inverse = make_case(count, [20, 20, 20], 1, in_channels, out_channels, dtype)
+    if kernel_one:
+        neighbors = neighbors[:, 13:14].contiguous()   # the centre tap, absent where no site is
+        neighbors[::9] = -1
+        weight, inverse = weight[13:14], ops.invert_kernel_map(neighbors, count)
+    with threads(1), use_conv_algorithm(ROW_PAIRS):
+        expected = SPARSE_CONV(features, weight, neighbors, inverse, 1)
+    for count in (1, 2):
+        with threads(count):
+            for algorithm in (ROW_PAIRS, ROW_BLOCKS):
+                with use_conv_algorithm(algorithm):
+                    assert torch.equal(SPARSE_CONV(features, weight, neighbors, inverse, 1), expected)
+
+
+@requires_native
+@pytest.mark.parametrize('algorithm', CPU_ALGORITHMS)
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+def test_each_row_is_the_same_whichever_rows_are_computed_with_it(algorithm, dtype):
+    """Rows of a 5,000-row map equal the same rows computed alone (in other row blocks and thread splits)."""
+    out_channels = 8 if algorithm is NARROW_OUTPUTS else 256
+    features, weight, neighbors, inverse = make_case(5000, [20, 20, 20], 1, 64, out_channels, dtype)
+    rows = torch.arange(0, neighbors.shape[0], 5)   # 1000 rows
+    subset = neighbors[rows].contiguous()
+    with use_conv_algorithm(algorithm):
+        out = SPARSE_CONV(features, weight, neighbors, inverse, 1)
+        alone = SPARSE_CONV(features, weight, subset, ops.invert_kernel_map(subset, features.shape[0]), 1)
+    assert torch.equal(alone, out[rows])
+
+
+# Every path and both weight-gradient paths sum each output in an order fixed by the shape: the same bits at 1 and 2
+# threads (row blocks and weight-gradient row blocks are sized by the thread count).
+@requires_native
+@pytest.mark.parametrize('algorithm', CPU_ALGORITHMS)
+@pytest.mark.parametrize('count, groups, in_per_group, out_per_group', [
+    (4000, 1, 32, 64), (4000, 1, 32, 24), (4500, 1, 96, 96), (4000, 1, 20, 384), (4000, 1, 32, 4), (4000, 1, 20, 7),
+    (4000, 4, 8, 8)])
+def test_bitwise_identical_across_threads(algorithm, count, groups, in_per_group, out_per_group):
+    features, weight, neighbors, inverse = make_case(count, [20, 20, 20], groups, in_per_group, out_per_group,
+                                                     torch.float32)
+    if algorithm not in algorithms_taking(features, weight, groups):
+        pytest.skip(f'{algorithm.value} cannot take this layer')
+    grad_output = torch.randn(neighbors.shape[0], groups * out_per_group)
+    results = []
+    for count in (1, 2, 2):
+        with threads(count), use_conv_algorithm(algorithm):
+            results.append((SPARSE_CONV(features, weight, neighbors, inverse, groups),
+                            SPARSE_CONV(features.bfloat16(), weight.bfloat16(), neighbors, inverse, groups),
+                            WEIGHT_GRAD(features, grad_output, neighbors, inverse, groups),
+                            WEIGHT_GRAD(features.half(), grad_output.half(), neighbors, inverse, groups)))
     assert all(torch.equal(a, b) for result in results[1:] for a, b in zip(result, results[0]))
 
 
@@ -164,146 +372,6 @@ def test_weight_gradient_over_many_row_blocks(in_channels, out_channels):
         exact = reference.sparse_conv_weight_grad(rounded_features.double(), rounded_grad.double(), neighbors,
                                                   inverse, 1)
         torch.testing.assert_close(result, exact, rtol=0, atol=tolerance * exact.abs().max().item())
-
-
-# At most 8 outputs: each a dot product along the input channels. 32 inputs are read in place (two vectors), 20 and
-# 3 through a zero-padded copy; 1, 4, 5 and 8 outputs pad the packed weight to 4 or 8 outputs, or fill it.
-@pytest.mark.parametrize('in_channels', [32, 20, 3])
-@pytest.mark.parametrize('out_channels', [1, 4, 5, 8])
-@pytest.mark.parametrize('strided', [False, True])
-def test_narrow_outputs_against_reference(in_channels, out_channels, strided):
-    features, weight, neighbors, inverse = make_case(700, [10, 10, 10], 1, in_channels, out_channels, seed=5,
-                                                     strided=strided)
-    assert_matches_reference(features, weight, neighbors, inverse, 1)
-    expected = reference.sparse_conv(features, weight, neighbors, inverse, 1)
-    for dtype, tolerance in ((torch.float32, 1e-6), (torch.bfloat16, 2e-2), (torch.float16, 2e-3)):
-        rounded = features.to(dtype), weight.to(dtype)
-        exact = reference.sparse_conv(*(tensor.double() for tensor in rounded), neighbors, inverse, 1)
-        out = ops.sparse_conv(*rounded, neighbors, inverse, 1)
-        assert out.dtype == dtype
-        torch.testing.assert_close(out.double(), exact, rtol=0, atol=tolerance * expected.abs().max().item())
-
-
-def test_narrow_outputs_keep_non_finite_inputs_to_the_rows_that_read_them():
-    """An inf input row reaches only the outputs whose map reads it (absent taps and padding lanes add nothing)."""
-    features, weight, neighbors, inverse = make_case(300, [8, 8, 8], 1, 20, 4, torch.float32)
-    features[7] = float('inf')
-    out = ops.sparse_conv(features, weight, neighbors, inverse, 1)
-    reads_row = (neighbors == 7).any(dim=1)
-    assert reads_row.any() and not torch.isfinite(out[reads_row]).all(dim=1).any()
-    assert torch.isfinite(out[~reads_row]).all()
-
-
-def test_wide_path_adds_in_the_same_order_as_the_register_path():
-    """A 64 -> 256 layer (weight over the wide threshold) equals, bitwise, its eight 32-channel slices (64 x 32 x 27
-    taps = 221 KB: register path), and matches the reference in float64; 1,001 outputs leave a partial row block."""
-    features, weight, neighbors, inverse = make_case(1001, [12, 12, 12], 1, 64, 256, torch.float32)
-    wide = SPARSE_CONV(features, weight, neighbors, inverse, 1)
-    for first in range(0, 256, 32):
-        narrow = SPARSE_CONV(features, weight[:, :, first:first + 32].contiguous(), neighbors, inverse, 1)
-        assert torch.equal(wide[:, first:first + 32], narrow)
-    assert_matches_reference(features.double(), weight.double(), neighbors, inverse, 1)
-
-
-def test_wide_path_matches_narrow_path_and_reference_at_256_channels():
-    """256 -> 256: a 2-tap map whose second tap is empty (512 KB weight: wide path) gives exactly what the 1-tap map
-    gives (256 KB: register path); rows of a 5,000-row map equal the same rows computed alone (other row blocks); and
-    the result is within float32 rounding of the float64 reference."""
-    generator = torch.Generator().manual_seed(3)
-    count, channels = 300, 256
-    features = torch.randn(count, channels, generator=generator)
-    weight = torch.randn(2, channels, channels, generator=generator) / channels ** 0.5
-    neighbors = torch.randperm(count, generator=generator)[:200].to(torch.int32).unsqueeze(1)
-    neighbors[::7] = -1
-    two_taps = torch.cat([neighbors, torch.full_like(neighbors, -1)], dim=1)
-    narrow = SPARSE_CONV(features, weight[:1].contiguous(), neighbors, ops.invert_kernel_map(neighbors, count), 1)
-    wide = SPARSE_CONV(features, weight, two_taps, ops.invert_kernel_map(two_taps, count), 1)
-    assert torch.equal(wide, narrow)
-
-    features, weight, neighbors, inverse = make_case(5000, [20, 20, 20], 1, channels, channels, torch.float32)
-    weight = weight / channels ** 0.5
-    out = SPARSE_CONV(features, weight, neighbors, inverse, 1)
-    rows = torch.arange(0, neighbors.shape[0], 5)   # 1000 rows
-    subset = neighbors[rows].contiguous()
-    assert torch.equal(SPARSE_CONV(features, weight, subset, ops.invert_kernel_map(subset, features.shape[0]), 1),
-                       out[rows])
-    expected = reference.sparse_conv(features.double(), weight.double(), neighbors, inverse, 1)
-    torch.testing.assert_close(out.double(), expected, rtol=1e-4, atol=1e-4)
-    grad_output = torch.randn(neighbors.shape[0], channels, dtype=torch.float64)
-    torch.testing.assert_close(WEIGHT_GRAD(features, grad_output.float(), neighbors, inverse, 1).double(),
-                               reference.sparse_conv_weight_grad(features.double(), grad_output, neighbors, inverse, 1),
-                               rtol=1e-4, atol=1e-3)
-
-
-# 27 * 40 * 80 * 4 bytes > 256 KB: the wide path in 16-channel chunks.
-@pytest.mark.parametrize('in_channels, out_channels', [(256, 256), (40, 80)])
-def test_wide_path_bitwise_across_threads_in_reduced_precision(in_channels, out_channels):
-    features, weight, neighbors, inverse = make_case(4200, [20, 20, 20], 1, in_channels, out_channels, torch.float32)
-    grad_output = torch.randn(neighbors.shape[0], out_channels)
-    previous = torch.get_num_threads()
-    results = []
-    try:
-        for count in (1, 2):
-            torch.set_num_threads(count)
-            results.append((SPARSE_CONV(features, weight, neighbors, inverse, 1),
-                            WEIGHT_GRAD(features, grad_output, neighbors, inverse, 1),
-                            SPARSE_CONV(features.bfloat16(), weight.bfloat16(), neighbors, inverse, 1),
-                            WEIGHT_GRAD(features.half(), grad_output.half(), neighbors, inverse, 1)))
-    finally:
-        torch.set_num_threads(previous)
-    assert all(torch.equal(a, b) for a, b in zip(*results))
-    expected = reference.sparse_conv(features.double(), weight.double(), neighbors, inverse, 1)
-    torch.testing.assert_close(results[0][0].double(), expected, rtol=1e-4, atol=1e-3)
-
-
-def test_kernel_one_layers_take_the_blocked_path_and_add_in_the_register_path_order():
-    """A 1-tap 96 -> 128 map (blocked path whatever its weight size) gives bitwise what the same map with an empty
-    second tap gives (2 x 96 x 128 float32 = 96 KB: register path), at 1 and 2 threads, and matches the reference."""
-    generator = torch.Generator().manual_seed(4)
-    count = 3000
-    features = torch.randn(count, 96, generator=generator)
-    weight = torch.randn(1, 96, 128, generator=generator)
-    neighbors = torch.randperm(count, generator=generator)[:2500].to(torch.int32).unsqueeze(1)
-    neighbors[::9] = -1
-    two_taps = torch.cat([neighbors, torch.full_like(neighbors, -1)], dim=1)
-    padded_weight = torch.cat([weight, torch.randn(1, 96, 128, generator=generator)])
-    register_path = SPARSE_CONV(features, padded_weight, two_taps, ops.invert_kernel_map(two_taps, count), 1)
-    inverse = ops.invert_kernel_map(neighbors, count)
-    previous = torch.get_num_threads()
-    try:
-        for threads in (1, 2):
-            torch.set_num_threads(threads)
-            assert torch.equal(SPARSE_CONV(features, weight, neighbors, inverse, 1), register_path)
-    finally:
-        torch.set_num_threads(previous)
-    expected = reference.sparse_conv(features.double(), weight.double(), neighbors, inverse, 1)
-    torch.testing.assert_close(register_path.double(), expected, rtol=1e-5, atol=1e-4)
-
-
-def test_wide_path_in_48_channel_chunks_adds_in_the_register_path_order():
-    """64 -> 96 (663 KB weight: wide path, 48-channel chunks) equals, bitwise, its three 32-channel slices (register
-    path)."""
-    features, weight, neighbors, inverse = make_case(700, [12, 12, 12], 1, 64, 96, torch.float32)
-    wide = SPARSE_CONV(features, weight, neighbors, inverse, 1)
-    for first in range(0, 96, 32):
-        narrow = SPARSE_CONV(features, weight[:, :, first:first + 32].contiguous(), neighbors, inverse, 1)
-        assert torch.equal(wide[:, first:first + 32], narrow)
-
-
-# Every kernel path (narrow outputs, register 64/32, generic, wide in 64/48/16-channel chunks) reads a weight view of any strides, as
-# the layers pass spconv's [out, taps, in] memory and the backward the transposed weight, without a copy.
-@pytest.mark.parametrize('in_channels, out_channels', [(32, 64), (20, 32), (32, 24), (64, 256), (64, 96), (40, 80),
-                                                       (32, 4), (20, 7)])
-@pytest.mark.parametrize('dtype', [torch.float32, torch.float64, torch.bfloat16])
-def test_weight_views_give_the_contiguous_result(in_channels, out_channels, dtype):
-    features, _, neighbors, inverse = make_case(600, [10, 10, 10], 1, in_channels, out_channels, dtype)
-    spconv_layout = torch.randn(out_channels, neighbors.shape[1], in_channels, dtype=torch.float64).to(dtype)
-    view = spconv_layout.permute(1, 2, 0)                            # [taps, in, out], out slowest
-    transposed = view.contiguous().transpose(1, 2).contiguous().transpose(1, 2)   # in fastest
-    assert not view.is_contiguous() and not transposed.is_contiguous()
-    expected = SPARSE_CONV(features, view.contiguous(), neighbors, inverse, 1)
-    assert torch.equal(SPARSE_CONV(features, view, neighbors, inverse, 1), expected)
-    assert torch.equal(SPARSE_CONV(features, transposed, neighbors, inverse, 1), expected)
 
 
 @pytest.mark.parametrize('mutate, message', [
