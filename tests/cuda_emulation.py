@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from sparsevision.ops.gpu import PYTHON_CUDA_KERNELS
 from sparsevision.ops.schemas import SCHEMAS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -67,14 +68,20 @@ def launch_count() -> int:
 
 
 class EmulatedCuda(TorchDispatchMode):
-    """Runs the ``sparsevision`` ops that have CUDA C++ kernels on their emulated kernels (CPU tensors)."""
+    """Runs the ``sparsevision`` ops that have CUDA C++ kernels on their emulated kernels (CPU tensors).
+
+    Ops whose CUDA kernels are Triton (``ops/gpu``) keep their CPU kernels here (the interpreter tests run those);
+    every other op must have an emulated kernel, or the call fails, so a test cannot pass on the CPU kernels alone.
+    """
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if func.namespace == 'sparsevision':
             name = func.__name__.split('.')[0]
-            name = CUDA_PATHS.get(name, name)
-            if torch._C._dispatch_has_kernel_for_dispatch_key(f'{NAMESPACE}::{name}', 'CPU'):
-                return getattr(torch.ops.sv_emu, name).default(*args, **(kwargs or {}))
+            if name in CUDA_PATHS:
+                name = CUDA_PATHS[name]
+            elif name in PYTHON_CUDA_KERNELS:
+                return func(*args, **(kwargs or {}))
+            return getattr(torch.ops.sv_emu, name).default(*args, **(kwargs or {}))
         return func(*args, **(kwargs or {}))
 
 

@@ -2,7 +2,10 @@
 
 Checking a map's range on the GPU costs a device-to-host sync. A map is checked once instead, and remembered by its
 identity and version (a weak reference, so a freed map is forgotten and an in-place edit is re-checked). Maps built
-by :mod:`sparsevision.ops.kernel_map` are recorded as valid when they are built, with no check at all.
+by :mod:`sparsevision.ops.kernel_map` are recorded as valid when they are built, with no check at all. Two edits go
+unnoticed: one through ``.data``, which bypasses the version counter, and one to a map made under
+``torch.inference_mode``, which keeps no counter. The kernels read an out-of-range entry as absent, so such an edit
+gives wrong sums, never an out-of-bounds read.
 """
 import weakref
 from typing import Dict, Optional, Tuple

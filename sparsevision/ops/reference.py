@@ -108,6 +108,8 @@ def invert_kernel_map(neighbors: torch.Tensor, num_inputs: int) -> torch.Tensor:
 
     An input feeds at most one output per tap, so the entries of ``neighbors`` are only moved, never combined.
     """
+    if ((neighbors < -1) | (neighbors >= num_inputs)).any():
+        raise ValueError(f'invert_kernel_map: kernel map entries must be -1 or input rows in [0, {num_inputs})')
     inverse = torch.full((num_inputs, neighbors.shape[1]), -1, dtype=torch.int32, device=neighbors.device)
     rows, taps = (neighbors >= 0).nonzero(as_tuple=True)
     inverse[neighbors[rows, taps].long(), taps] = rows.to(torch.int32)

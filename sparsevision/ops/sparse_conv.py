@@ -7,9 +7,12 @@ convolution run on the inverse map with the transposed weight, the weight
 gradient its own op (whose own gradients are sparse convolutions again, so
 double backward works); all are deterministic.
 """
+import contextlib
+
 import torch
 
 from . import library  # noqa: F401  (defines the ops and loads their kernels)
+from .conv_algorithms import forced_conv_algorithm, use_conv_algorithm
 from .devices import check_same_device
 
 _sparse_conv = torch.ops.sparsevision.sparse_conv.default
@@ -70,11 +73,22 @@ def _setup_context(ctx, inputs, output):
     features, weight, neighbors, inverse_neighbors, groups = inputs
     ctx.save_for_backward(features, weight, neighbors, inverse_neighbors)
     ctx.groups = groups
+    ctx.algorithm = forced_conv_algorithm()
+
+
+def _as_forced_in_forward(ctx):
+    """The path the forward was forced onto, for the backward: autograd runs a CUDA backward on a thread of its own,
+    where the forward thread's override does not hold."""
+    return contextlib.nullcontext() if ctx.algorithm is None else use_conv_algorithm(ctx.algorithm)
 
 
 def _backward(ctx, grad_output):
+    with _as_forced_in_forward(ctx):
+        return _input_and_weight_gradients(ctx, grad_output.contiguous())
+
+
+def _input_and_weight_gradients(ctx, grad_output):
     features, weight, neighbors, inverse_neighbors = ctx.saved_tensors
-    grad_output = grad_output.contiguous()
     grad_features = grad_weight = None
     if ctx.needs_input_grad[0]:
         grad_features = _sparse_conv(grad_output, transpose_weight(weight, ctx.groups), inverse_neighbors, neighbors,
@@ -104,12 +118,17 @@ def _weight_grad_setup_context(ctx, inputs, output):
     features, grad_output, neighbors, inverse_neighbors, groups = inputs
     ctx.save_for_backward(features, grad_output, neighbors, inverse_neighbors)
     ctx.groups = groups
+    ctx.algorithm = forced_conv_algorithm()
 
 
 def _weight_grad_backward(ctx, grad_grad_weight):
+    with _as_forced_in_forward(ctx):
+        return _weight_grad_derivatives(ctx, grad_grad_weight.contiguous())
+
+
+def _weight_grad_derivatives(ctx, grad_grad_weight):
     """The weight gradient is bilinear in (features, grad_output): both derivatives are sparse convolutions."""
     features, grad_output, neighbors, inverse_neighbors = ctx.saved_tensors
-    grad_grad_weight = grad_grad_weight.contiguous()
     grad_features = grad_grad_output = None
     if ctx.needs_input_grad[0]:
         grad_features = _sparse_conv(grad_output, transpose_weight(grad_grad_weight, ctx.groups), inverse_neighbors,

@@ -4,6 +4,7 @@ from typing import Optional
 import torch
 
 from ..ops.coordinates import IntOrSequence, convolution_geometry
+from ..ops.map_validation import require_valid
 from .kernel_maps import convolution_map
 from .modules import SparseModule
 from .tensor import SparseTensor
@@ -44,15 +45,21 @@ def pool_features(features: torch.Tensor, neighbors: torch.Tensor, mode: str) ->
     """Max or mean over each row's present taps (taps visited in order, so results are deterministic).
 
     No shape depends on the data (no host sync on CUDA): ``features`` gets one fill row (``-inf`` for max, 0 for
-    avg) that absent taps (``-1``) read, which changes no maximum or sum; one ``[M, C]`` gather per tap.
+    avg) that absent taps (``-1``) read, which changes no maximum or sum; one ``[M, C]`` gather per tap (indexing,
+    whose gradient is deterministic on CUDA too, unlike ``index_select``'s).
+
+    Raises:
+        ValueError: map entries other than -1 or rows of ``features`` (checked once per map, see
+            :mod:`sparsevision.ops.map_validation`).
     """
+    require_valid(neighbors, features.shape[0], 'sparse pooling')
     outputs, taps = neighbors.shape
     fill = float('-inf') if mode == 'max' else 0.0
     padded = torch.cat([features, features.new_full((1, features.shape[1]), fill)])
     sources = torch.where(neighbors >= 0, neighbors, features.shape[0]).long()
     pooled = features.new_full((outputs, features.shape[1]), fill)
     for tap in range(taps):
-        gathered = padded.index_select(0, sources[:, tap])
+        gathered = padded[sources[:, tap]]
         pooled = torch.maximum(pooled, gathered) if mode == 'max' else pooled + gathered
     if mode == 'avg':
         pooled = pooled / (neighbors >= 0).sum(dim=1, keepdim=True).clamp(min=1).to(pooled.dtype)

@@ -153,7 +153,7 @@ class SparseTensor:
 
         The coordinates stay valid, so nothing is checked again, and the kernel maps built on the larger grid are kept
         with this tensor's: every call for these sites and that grid shares them (a network that pads its input grid
-        builds its maps once per input, not once per forward).
+        builds its maps once per input, not once per forward). ``indice_key`` names start afresh on the new grid.
         """
         spatial_shape = [as_integer(size, f'spatial_shape[{axis}]') for axis, size in enumerate(spatial_shape)]
         if len(spatial_shape) != self.ndim or any(new < old for new, old in zip(spatial_shape, self.spatial_shape)):
@@ -162,7 +162,7 @@ class SparseTensor:
         if spatial_shape == self.spatial_shape:
             return self
         maps = self.kernel_maps.setdefault(('grid', *spatial_shape), KernelMapCache(self.kernel_maps.sites_distinct))
-        return self._derived(self.features, self.indices, spatial_shape, self.batch_size, self.indice_dict, maps)
+        return self._derived(self.features, self.indices, spatial_shape, self.batch_size, {}, maps)
 
     def shadow_copy(self) -> 'SparseTensor':
         return self.replace_feature(self.features)

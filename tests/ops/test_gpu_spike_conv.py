@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import sparsevision.ops as ops
-from sparsevision.ops import reference
+from sparsevision.ops import map_validation, reference
 from sparsevision.ops.coordinates import keys_to_coordinates
 from triton_interpreter import BACKENDS, kernels_on, registered_cuda_kernel
 
@@ -91,12 +91,16 @@ def test_outputs_without_inputs_are_zero(backend):
     assert torch.equal(out, torch.zeros(5, 20))
 
 
-def test_out_of_range_map_entries_add_nothing(backend):
+def test_out_of_range_map_entries_are_refused_and_never_read(backend):
     spikes, weight, neighbors, inverse = make_case()
     corrupted = neighbors.clone()   # the kernel reads no inverse map, so the valid one is passed
     corrupted[::3, 1] = spikes.shape[0]
     corrupted[1::3, 2] = 2**31 - 1
     corrupted[2::3, 4] = -7
+    with pytest.raises(ValueError, match='kernel map entries'):
+        run(*backend, (spikes, weight, corrupted, inverse))
+    # Even a map wrongly recorded as valid cannot make the kernel read out of bounds: it reads such entries as absent.
+    map_validation.mark_valid(corrupted, spikes.shape[0])
     cleaned = torch.where((corrupted >= 0) & (corrupted < spikes.shape[0]), corrupted, -1)
     expected = reference.spike_sparse_conv(spikes, weight, cleaned, inverse)
     torch.testing.assert_close(run(*backend, (spikes, weight, corrupted, inverse)), expected, rtol=1e-5, atol=1e-5)

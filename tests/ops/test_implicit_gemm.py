@@ -1,8 +1,9 @@
 """The Triton implicit-GEMM convolution (ops/gpu) against the CPU kernel and the reference.
 
 The kernel tests run on CUDA where there is a GPU. Without one, ``test_kernels_in_the_triton_interpreter`` reruns
-this module in a child process with ``TRITON_INTERPRET=1`` (Triton reads it when its kernels are defined, so it
-cannot be switched on inside a process that has imported Triton), where the same tests run the kernels on CPU
+this module in a child process with ``TRITON_INTERPRET=1`` (Triton reads it when kernels are defined, and these
+kernels span several modules that share ``triton_settings``, so a whole fresh process is simpler than the private
+re-import tests/triton_interpreter.py does for single-module kernels), where the same tests run the kernels on CPU
 tensors; the variable never reaches this process. The AOT test compiles every kernel for sm_80 and sm_90 here.
 """
 import os

@@ -1,12 +1,9 @@
 """pool_features: the fill-row gather equals the per-tap selection it replaced, bit for bit, without a host sync."""
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from host_syncs import HostSyncs
 
 from sparsevision.sparse.pool import pool_features
-
-DATA_DEPENDENT_OPS = {torch.ops.aten.nonzero.default, torch.ops.aten._local_scalar_dense.default,
-                      torch.ops.aten.masked_select.default}
 
 
 def pool_by_selection(features, neighbors, mode):
@@ -51,25 +48,24 @@ def test_equals_the_per_tap_selection_bitwise_with_gradients(mode, dtype):
     assert torch.equal(grad.nan_to_num(), expected_grad.nan_to_num())
 
 
-class DataDependentOps(TorchDispatchMode):
-    """Records the ops whose output shape or value the host must wait for."""
-
-    def __init__(self):
-        super().__init__()
-        self.seen = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func in DATA_DEPENDENT_OPS:
-            self.seen.append(func)
-        return func(*args, **(kwargs or {}))
-
-
 @pytest.mark.parametrize('mode', ['max', 'avg'])
-def test_no_data_dependent_op(mode):
+def test_no_host_sync_once_the_map_is_checked(mode):
     features, neighbors = make_case(torch.float32)
-    with DataDependentOps() as recorder:
+    with HostSyncs() as first_call:
         pool_features(features, neighbors, mode)
-    assert recorder.seen == []
-    with DataDependentOps() as recorder:
+    assert first_call.seen == ['aten::_local_scalar_dense']   # the map's range check, once (builders' maps skip it)
+    with HostSyncs() as later_calls:
+        pool_features(features, neighbors, mode)
+    assert later_calls.seen == []
+    with HostSyncs() as recorder:
         pool_by_selection(features, neighbors, mode)
     assert recorder.seen   # the recorder sees what it looks for
+
+
+def test_map_entries_outside_the_inputs_are_refused():
+    features, neighbors = make_case(torch.float32)
+    for bad in (len(features), -2):
+        broken = neighbors.clone()
+        broken[3, 4] = bad
+        with pytest.raises(ValueError, match='kernel map entries'):
+            pool_features(features, broken, 'max')

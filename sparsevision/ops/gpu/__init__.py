@@ -6,11 +6,12 @@ extension registers its CUDA C++ paths under their own op names (``gather_gemm_c
 call.
 """
 import importlib
+import importlib.util
 
 import torch
 
 PYTHON_CUDA_KERNELS = {
-    'sparse_conv': '.conv:sparse_conv_cuda',
+    'sparse_conv': '.conv:sparse_conv_cuda',   # Triton implicit GEMM, or the CUDA C++ gather-GEMM without Triton
     'sparse_conv_weight_grad': '.conv:sparse_conv_weight_grad_cuda',
     'spike_sparse_conv': '.spike_conv:spike_sparse_conv_cuda',
     'row_batch_norm': '.batch_norm:row_batch_norm_cuda',
@@ -31,7 +32,14 @@ def _lazy(target: str):
     return kernel
 
 
+# Kernels that exist only in Triton: without Triton these ops run their pure-PyTorch references on CUDA.
+TRITON_ONLY = frozenset({'spike_sparse_conv', 'row_batch_norm', 'row_batch_norm_backward'})
+
+
 def register(library: torch.library.Library) -> None:
-    """Registers every Python CUDA kernel with ``library`` (the ``sparsevision`` op library)."""
+    """Registers the Python CUDA kernels with ``library`` (the ``sparsevision`` op library), the Triton-only ones
+    only when Triton is installed."""
+    with_triton = importlib.util.find_spec('triton') is not None
     for name, target in PYTHON_CUDA_KERNELS.items():
-        library.impl(name, _lazy(target), 'CUDA')
+        if with_triton or name not in TRITON_ONLY:
+            library.impl(name, _lazy(target), 'CUDA')

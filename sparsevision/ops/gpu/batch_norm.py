@@ -14,7 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import check_same_device, on_device_of
+from ..devices import check_same_device
+from .launch import on_device_of
 
 CHUNK_ROWS = 256
 STEP_ROWS = 64

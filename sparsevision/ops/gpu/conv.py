@@ -13,6 +13,7 @@ import torch
 from ..conv_algorithms import ConvAlgorithm, forced_conv_algorithm
 from ..devices import check_same_device
 from ..map_validation import require_valid
+from .launch import on_device_of
 
 IMPLICIT_GEMM_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -65,7 +66,8 @@ def sparse_conv_cuda(features, weight, neighbors, inverse_neighbors, groups):
     _check_map('sparse_conv', neighbors, weight.shape[0])
     require_valid(neighbors, features.shape[0], 'sparse_conv')
     from .implicit_gemm import implicit_gemm_conv   # imports Triton
-    return implicit_gemm_conv(features, weight, neighbors, groups)
+    with on_device_of(features):
+        return implicit_gemm_conv(features, weight, neighbors, groups)
 
 
 def sparse_conv_weight_grad_cuda(features, grad_output, neighbors, inverse_neighbors, groups):
@@ -81,4 +83,5 @@ def sparse_conv_weight_grad_cuda(features, grad_output, neighbors, inverse_neigh
                          f'groups={groups}')
     require_valid(neighbors, features.shape[0], 'sparse_conv_weight_grad')
     from .implicit_gemm_weight_grad import implicit_gemm_weight_grad   # imports Triton
-    return implicit_gemm_weight_grad(features, grad_output, neighbors, groups)
+    with on_device_of(features):
+        return implicit_gemm_weight_grad(features, grad_output, neighbors, groups)

@@ -9,7 +9,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import check_same_device, on_device_of
+from ..devices import check_same_device
+from ..map_validation import require_valid
+from .launch import on_device_of
 
 BLOCK_ROWS = 32
 MAX_BLOCK_OUT = 64
@@ -41,7 +43,7 @@ def spike_sparse_conv_cuda(spikes: torch.Tensor, weight: torch.Tensor, neighbors
     """``out[m] = sum_k sum_i spikes[neighbors[m, k], i] * weight[k, i]`` (``ops.spike_sparse_conv``).
 
     Raises:
-        ValueError: on mismatched shapes, dtypes or devices.
+        ValueError: on mismatched shapes, dtypes or devices, or map entries other than -1 or rows of ``spikes``.
     """
     check_same_device('spike_sparse_conv', spikes=spikes, weight=weight, neighbors=neighbors)
     if spikes.dim() != 2 or weight.dim() != 3 or spikes.shape[1] != weight.shape[1] or neighbors.dim() != 2 \
@@ -53,6 +55,7 @@ def spike_sparse_conv_cuda(spikes: torch.Tensor, weight: torch.Tensor, neighbors
                          f'{spikes.dtype}, {weight.dtype}, {neighbors.dtype}')
     if weight.numel() >= 2**31:
         raise ValueError('spike_sparse_conv: weight has 2^31 elements or more; use sparse_conv')
+    require_valid(neighbors, spikes.shape[0], 'spike_sparse_conv')
     spikes, weight, neighbors = spikes.contiguous(), weight.contiguous(), neighbors.contiguous()
     (outputs, taps), (in_channels, out_channels) = neighbors.shape, weight.shape[1:]
     out = spikes.new_empty(outputs, out_channels)

@@ -1,4 +1,6 @@
 """Settings the Triton convolution kernels share: tile sizes, fp32 precision, launch options."""
+import os
+
 import torch
 import triton
 
@@ -21,10 +23,12 @@ def input_precision(dtype: torch.dtype) -> str:
 def tf32_allowed() -> bool:
     """Whether PyTorch lets fp32 matmuls on CUDA use TF32.
 
-    Read through ``fp32_precision``, which both of PyTorch's APIs set: reading ``allow_tf32`` raises once the newer
-    API has been used.
+    Read through ``fp32_precision``, which both of PyTorch's APIs set (reading ``allow_tf32`` raises once the newer
+    API has been used); torch before 2.9 has only ``allow_tf32``.
     """
     matmul = torch.backends.cuda.matmul
+    if not hasattr(matmul, 'fp32_precision'):
+        return matmul.allow_tf32
     precision = matmul.fp32_precision
     if precision == 'none':   # inherits the global setting
         precision = torch.backends.fp32_precision
@@ -37,7 +41,13 @@ def widen_operands(dtype: torch.dtype) -> bool:
     Only in the Triton interpreter (CPU tests), whose bf16 ``tl.dot`` gives wrong results (Triton 3.8); GPU
     builds multiply bf16 on tensor cores.
     """
-    return dtype == torch.bfloat16 and triton.knobs.runtime.interpret
+    return dtype == torch.bfloat16 and interpreting()
+
+
+def interpreting() -> bool:
+    """Whether Triton runs kernels in its interpreter (``triton.knobs`` from Triton 3.4, the environment before)."""
+    knobs = getattr(triton, 'knobs', None)
+    return knobs.runtime.interpret if knobs is not None else os.environ.get('TRITON_INTERPRET') == '1'
 
 
 def exact_fp32_dot(dtype: torch.dtype, precision: str) -> bool:
