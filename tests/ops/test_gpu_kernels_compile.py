@@ -1,14 +1,8 @@
 """Every Triton kernel of ``ops/gpu/spike_conv.py`` and ``ops/gpu/batch_norm.py`` compiles ahead of time for sm_80
 and sm_90 (no GPU needed) without spills, local memory or atomics, and within a register budget."""
-import os
-import re
-import subprocess
-
 import pytest
-import triton
 import triton.language as tl
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
+from triton_compile import compile_for
 
 from sparsevision.ops.gpu import batch_norm, spike_conv
 
@@ -16,7 +10,6 @@ from sparsevision.ops.gpu import batch_norm, spike_conv
 BUILDS = [(80, 'bf16'), (90, 'bf16'), (90, 'fp64')]
 # at most 168 registers leaves 3 blocks of 4 warps per SM; float64 only must not spill
 REGISTER_LIMITS = {'bf16': 168, 'fp64': 255}
-CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), 'backends', 'nvidia', 'bin', 'cuobjdump')
 CONSTEXPRS = dict(CHUNK_ROWS=batch_norm.CHUNK_ROWS, STEP_ROWS=batch_norm.STEP_ROWS,
                   BLOCK_CHUNKS=batch_norm.BLOCK_CHUNKS, BLOCK_COLUMNS=batch_norm.MAX_BLOCK_COLUMNS,
                   BLOCK_OUT=spike_conv.MAX_BLOCK_OUT, HAS_WEIGHT=True, HAS_BIAS=True, HAS_RESIDUAL=True, RELU=True,
@@ -33,9 +26,9 @@ KERNELS = {kernel.__name__: (kernel, module) for module, kernel in (
     (batch_norm, batch_norm.rows_gradient_kernel))}
 
 
-def compile_for(kernel, module, architecture, data_type):
-    """``triton.compile`` of ``kernel`` (of ``module``) for ``sm_<architecture>`` and ``data_type`` tensors, with the
-    block sizes the module launches it with, pointers 16-byte aligned as torch's are."""
+def compile_kernel(kernel, module, architecture, data_type):
+    """``kernel`` (of ``module``) compiled for ``sm_<architecture>`` and ``data_type`` tensors, with the block sizes
+    the module launches it with, pointers 16-byte aligned as torch's are."""
     names = kernel.arg_names
     accumulate = 'fp64' if data_type == 'fp64' else 'fp32'
     values = dict(CONSTEXPRS, BLOCK_ROWS=module.BLOCK_ROWS, ACCUMULATE=getattr(tl, f'float{accumulate[2:]}'))
@@ -47,23 +40,13 @@ def compile_for(kernel, module, architecture, data_type):
     signature = {name: 'constexpr' if name in constexprs else types.get(name, 'i32') for name in names}
     aligned = {(index,): [['tt.divisibility', 16]] for index, name in enumerate(names)
                if signature[name].startswith('*')}
-    source = ASTSource(kernel, signature, constexprs=constexprs, attrs=aligned)
-    return triton.compile(source, target=GPUTarget('cuda', architecture, 32))
-
-
-def resource_usage(cubin: bytes, tmp_path) -> dict:
-    """``{'REG': n, 'STACK': n, 'LOCAL': n, ...}`` of the cubin's one function, read by cuobjdump."""
-    path = tmp_path / 'kernel.cubin'
-    path.write_bytes(cubin)
-    report = subprocess.run([CUOBJDUMP, '-res-usage', str(path)], capture_output=True, text=True, check=True).stdout
-    return {key: int(value) for key, value in re.findall(r'(REG|STACK|SHARED|LOCAL):(\d+)', report)}
+    return compile_for(kernel, signature, constexprs, architecture, attrs=aligned)
 
 
 @pytest.mark.parametrize('architecture, data_type', BUILDS, ids=[f'sm{a}-{t}' for a, t in BUILDS])
 @pytest.mark.parametrize('name', KERNELS)
-def test_compiles_without_spills_or_atomics(name, architecture, data_type, tmp_path):
-    compiled = compile_for(*KERNELS[name], architecture, data_type)
-    usage = resource_usage(compiled.asm['cubin'], tmp_path)
-    assert usage['STACK'] == 0 and usage['LOCAL'] == 0, usage
-    assert usage['REG'] <= REGISTER_LIMITS[data_type], usage
-    assert not re.search(r'\b(atom|red)\.', compiled.asm['ptx']), 'atomics make sums depend on scheduling'
+def test_compiles_without_spills_or_atomics(name, architecture, data_type):
+    compiled = compile_kernel(*KERNELS[name], architecture, data_type)
+    assert compiled.local_bytes == 0, compiled
+    assert compiled.registers <= REGISTER_LIMITS[data_type], compiled
+    assert not compiled.atomics, 'atomics make sums depend on scheduling'

@@ -7,13 +7,11 @@ re-import tests/triton_interpreter.py does for single-module kernels), where the
 tensors; the variable never reaches this process. The AOT test compiles every kernel for sm_80 and sm_90 here.
 """
 import os
-import subprocess
-import tempfile
-from pathlib import Path
 
 import pytest
 import torch
 from host_syncs import HostSyncs
+from triton_compile import compile_for
 
 import sparsevision.ops as ops
 from sparsevision.ops import map_validation, reference
@@ -308,33 +306,20 @@ def aot_cases():
     return cases
 
 
-def compile_for(kernel, pointers, constexprs, arch):
-    """Compiles ``kernel`` for ``sm_<arch>`` without a GPU; returns (registers, shared bytes, local bytes)."""
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-    from sparsevision.ops.gpu.triton_settings import NUM_STAGES, NUM_WARPS
-    pointers = dict(pointers, neighbors='*i32')
-    signature = {name: 'constexpr' if name in constexprs else pointers.get(name, 'i32') for name in kernel.arg_names}
-    compiled = triton.compile(ASTSource(kernel, signature, constexprs), target=GPUTarget('cuda', arch, 32),
-                              options=dict(num_warps=NUM_WARPS, num_stages=NUM_STAGES))
-    cuobjdump = Path(triton.__file__).parent / 'backends' / 'nvidia' / 'bin' / 'cuobjdump'
-    with tempfile.NamedTemporaryFile(suffix='.cubin') as cubin:
-        cubin.write(compiled.asm['cubin'])
-        cubin.flush()
-        usage = subprocess.run([str(cuobjdump), '-res-usage', cubin.name], capture_output=True, text=True,
-                               check=True).stdout
-    fields = dict(item.split(':', 1) for item in usage.split(f'Function {kernel.__name__}:')[1].split()[:4])
-    return int(fields['REG']), compiled.metadata.shared, int(fields['STACK']) + int(fields['LOCAL'])
-
-
 @in_parent_process   # compiles the kernels themselves, not their interpreted twins
 def test_kernels_compile_for_sm80_and_sm90_within_budget():
-    """Every kernel config compiles for Ampere and Hopper without a GPU, with no spills and within its budget."""
+    """Every kernel config compiles for Ampere and Hopper without a GPU, with no spills or atomics and within its
+    budget."""
+    from sparsevision.ops.gpu.triton_settings import NUM_STAGES, NUM_WARPS
     over = []
     for name, kernel, pointers, constexprs in aot_cases():
+        pointers = dict(pointers, neighbors='*i32')
+        signature = {argument: 'constexpr' if argument in constexprs else pointers.get(argument, 'i32')
+                     for argument in kernel.arg_names}
         for arch, (register_budget, shared_budget) in RESOURCE_BUDGETS[name].items():
-            registers, shared, local = compile_for(kernel, pointers, constexprs, arch)
-            if registers > register_budget or shared > shared_budget or local:
-                over.append(f'{name} sm_{arch}: {registers} registers (budget {register_budget}), {shared} B shared '
-                            f'(budget {shared_budget}), {local} B local memory')
+            compiled = compile_for(kernel, signature, constexprs, arch, num_warps=NUM_WARPS, num_stages=NUM_STAGES)
+            if (compiled.registers > register_budget or compiled.shared_bytes > shared_budget or compiled.local_bytes
+                    or compiled.atomics):
+                over.append(f'{name} sm_{arch}: {compiled} (budget {register_budget} registers, {shared_budget} B '
+                            'shared)')
     assert not over, '\n'.join(over)
