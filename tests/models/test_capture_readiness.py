@@ -1,6 +1,8 @@
-"""A whole training step waits for the device nowhere once its input's kernel maps exist: what CUDA-graph capture
-needs (tools/gpu_check.py captures the same step on a GPU)."""
-from host_syncs import HostSyncs
+"""Once its input's kernel maps exist, a SparseUNet training step issues no op from Python that would make the host
+wait for the device: what CUDA-graph capture needs of the layers' code. Counted on CPU tensors at the dispatcher;
+the GPU kernels' own paths are counted per op (test_implicit_gemm, test_pool_features), and tools/gpu_check.py
+captures the step in a CUDA graph on a GPU."""
+from sparsevision.utils.host_syncs import HostSyncs
 from test_sparse_backbones import SMALL_UNET, clustered_voxels
 
 from sparsevision.models.backbones.sparse_unet import SparseUNet

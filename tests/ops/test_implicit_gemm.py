@@ -10,7 +10,7 @@ import os
 
 import pytest
 import torch
-from host_syncs import HostSyncs
+from sparsevision.utils.host_syncs import HostSyncs
 from triton_compile import compile_for
 
 import sparsevision.ops as ops

@@ -1,7 +1,7 @@
 """pool_features: the fill-row gather equals the per-tap selection it replaced, bit for bit, without a host sync."""
 import pytest
 import torch
-from host_syncs import HostSyncs
+from sparsevision.utils.host_syncs import HostSyncs
 
 from sparsevision.sparse.pool import pool_features
 

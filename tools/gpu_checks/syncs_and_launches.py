@@ -3,46 +3,23 @@
 The layer is ``SubMConv3d`` k3 64->64 on the street scene, its kernel map built and every path warmed up first.
 On CUDA, syncs are counted with ``torch.cuda.set_sync_debug_mode('warn')`` (``'error'`` would stop at the first
 one) and launches with ``torch.profiler`` (CUDA kernel events, copies and fills apart). On the CPU a
-``TorchDispatchMode`` counts the ops that would sync on a GPU (``aten._local_scalar_dense``, ``aten.nonzero``,
-copies to the host) and every dispatched op in place of launches; it sees the ops called from Python, not those
-inside the extension's C++ kernels.
+dispatcher-level count (``sparsevision.utils.host_syncs.HostSyncs``) lists the ops that would sync on a GPU and
+counts every dispatched op in place of launches; it sees the ops called from Python, not those inside the
+extension's C++ kernels.
 """
 import warnings
 from collections import Counter
 from pathlib import Path
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+
+from sparsevision.utils.host_syncs import HostSyncs
 
 from .context import CheckContext, Outcome
 from .scene import scene_details, street_scene
 
 CHANNELS = 64
 CALLS = 3
-HOST_SYNCING_OPS = ('aten._local_scalar_dense', 'aten.nonzero')
-COPY_OPS = ('aten._to_copy', 'aten.copy_')
-
-
-class HostSyncCounter(TorchDispatchMode):
-    """Counts the dispatched ops, and apart those that make a GPU wait for the host."""
-
-    def __init__(self):
-        super().__init__()
-        self.syncs, self.ops = Counter(), Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        result = func(*args, **(kwargs or {}))
-        name = str(func.overloadpacket)
-        self.ops[name] += 1
-        if name in HOST_SYNCING_OPS or name in COPY_OPS and copies_to_host(args, result):
-            self.syncs[name] += 1
-        return result
-
-
-def copies_to_host(args, result) -> bool:
-    sources = [arg for arg in args if isinstance(arg, torch.Tensor)]
-    return (isinstance(result, torch.Tensor) and result.device.type == 'cpu'
-            and any(source.device.type != 'cpu' for source in sources))
 
 
 def headline_layer_calls(context: CheckContext):
@@ -99,9 +76,9 @@ def cuda_launches(call) -> dict:
 
 
 def cpu_counts(call) -> dict:
-    with HostSyncCounter() as counter:
+    with HostSyncs() as counter:
         call()
-    return {'syncs': sum(counter.syncs.values()), 'sync_ops': dict(counter.syncs),
+    return {'syncs': len(counter.seen), 'sync_ops': dict(Counter(counter.seen)),
             'dispatched_ops': sum(counter.ops.values()), 'commonest_ops': dict(counter.ops.most_common(8))}
 
 
