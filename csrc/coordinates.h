@@ -11,10 +11,14 @@
 #include <limits>
 #include <vector>
 
+// Loops over the axes run over kMaxDims, unrolled, skipping the axes past `dims`: with constant indices the
+// per-axis arrays stay in registers on a GPU (indexed by a runtime axis, they would be placed in local memory).
 #ifdef __CUDACC__
 #define SV_HOST_DEVICE __host__ __device__
+#define SV_UNROLL _Pragma("unroll")
 #else
 #define SV_HOST_DEVICE
+#define SV_UNROLL _Pragma("GCC unroll 4")
 #endif
 
 namespace sparsevision {
@@ -61,7 +65,9 @@ struct ConvolutionGeometry {
 
   // Tap number -> per-axis kernel index (last axis fastest).
   SV_HOST_DEVICE void tap_index(int64_t tap, int64_t* index) const {
-    for (int axis = dims - 1; axis >= 0; --axis) {
+    SV_UNROLL
+    for (int axis = kMaxDims - 1; axis >= 0; --axis) {
+      if (axis >= dims) continue;
       index[axis] = tap % kernel[axis];
       tap /= kernel[axis];
     }
@@ -70,7 +76,10 @@ struct ConvolutionGeometry {
 
 SV_HOST_DEVICE inline int64_t linear_key(int64_t batch, const int64_t* coordinates, const int64_t* shape, int dims) {
   int64_t key = batch;
-  for (int axis = 0; axis < dims; ++axis) key = key * shape[axis] + coordinates[axis];
+  SV_UNROLL
+  for (int axis = 0; axis < kMaxDims; ++axis) {
+    if (axis < dims) key = key * shape[axis] + coordinates[axis];
+  }
   return key;
 }
 

@@ -29,7 +29,9 @@ __global__ void linear_keys_kernel(const int32_t* __restrict__ indices, int64_t 
     const int32_t* entry = indices + row * (dims + 1);
     int64_t coordinates[kMaxDims];
     bool inside = entry[0] >= 0;
-    for (int axis = 0; axis < dims; ++axis) {
+    SV_UNROLL
+    for (int axis = 0; axis < kMaxDims; ++axis) {
+      if (axis >= dims) continue;
       coordinates[axis] = entry[axis + 1];
       inside = inside && coordinates[axis] >= 0 && coordinates[axis] < geometry.shape[axis];
     }
@@ -88,7 +90,9 @@ __global__ void kernel_map_kernel(const int32_t* __restrict__ out_indices, int64
     int64_t tap_index[kMaxDims], candidate[kMaxDims];
     geometry.tap_index(tap, tap_index);
     bool inside = site[0] >= 0;
-    for (int axis = 0; axis < dims; ++axis) {
+    SV_UNROLL
+    for (int axis = 0; axis < kMaxDims; ++axis) {
+      if (axis >= dims) continue;
       candidate[axis] = site[axis + 1] * geometry.stride[axis] - geometry.padding[axis] +
                         tap_index[axis] * geometry.dilation[axis];
       inside = inside && candidate[axis] >= 0 && candidate[axis] < geometry.shape[axis];
@@ -136,7 +140,9 @@ __global__ void downsample_candidates_kernel(const int32_t* __restrict__ indices
     int64_t tap_index[kMaxDims], reached[kMaxDims];
     geometry.tap_index(tap, tap_index);
     bool valid = true;
-    for (int axis = 0; axis < dims; ++axis) {
+    SV_UNROLL
+    for (int axis = 0; axis < kMaxDims; ++axis) {
+      if (axis >= dims) continue;
       const int64_t numerator = site[axis + 1] + geometry.padding[axis] - tap_index[axis] * geometry.dilation[axis];
       valid = valid && numerator >= 0 && numerator % geometry.stride[axis] == 0 &&
               numerator / geometry.stride[axis] < output.shape[axis];
@@ -151,7 +157,9 @@ __global__ void decode_keys_kernel(const int64_t* __restrict__ keys, int64_t row
   const int dims = output.dims;
   SV_GRID_STRIDE_LOOP(row, rows) {
     int64_t key = keys[row];
-    for (int axis = dims - 1; axis >= 0; --axis) {
+    SV_UNROLL
+    for (int axis = kMaxDims - 1; axis >= 0; --axis) {
+      if (axis >= dims) continue;
       coordinates[row * (dims + 1) + axis + 1] = static_cast<int32_t>(key % output.shape[axis]);
       key /= output.shape[axis];
     }

@@ -45,9 +45,11 @@ def check_indices(indices: torch.Tensor, spatial_shape: Sequence[int], batch_siz
     if any(size <= 0 for size in spatial_shape):
         raise ValueError(f'spatial_shape must be positive, got {list(spatial_shape)}')
     if indices.numel() and not torch.compiler.is_compiling():
-        if indices.min() < 0:
-            raise ValueError(f'{name} has negative values (column minima {indices.amin(dim=0).tolist()})')
-        high = indices.amax(dim=0).tolist()
+        low, high = torch.stack([indices.amin(dim=0), indices.amax(dim=0)]).tolist()   # one read from the device
+        if min(low) < 0:
+            raise ValueError(f'{name} has negative values (column minima {low})')
+        if max(high) >= 2**31:
+            raise ValueError(f'{name} values do not fit in int32 (largest magnitude {max(high)})')
         outside = [axis for axis in range(dims) if high[axis + 1] >= spatial_shape[axis]]
         if outside:
             raise ValueError(f'{name} column {outside[0] + 1} reaches {high[outside[0] + 1]} but spatial_shape is '
@@ -59,8 +61,6 @@ def check_indices(indices: torch.Tensor, spatial_shape: Sequence[int], batch_siz
             grid *= size
         if grid >= MAX_LINEAR_KEY:
             raise ValueError(f'the grid [batch={high[0] + 1}, *{list(spatial_shape)}] has more than 2^62 cells')
-    if indices.dtype == torch.int64 and indices.numel() and indices.abs().max() >= 2**31:
-        raise ValueError(f'{name} values do not fit in int32 (largest magnitude {indices.abs().max().item()})')
     return indices.to(torch.int32).contiguous()
 
 
