@@ -8,7 +8,7 @@ float16/bfloat16 accumulate in float32); elsewhere the dense-site ``sparse_conv`
 import torch
 
 from . import library  # noqa: F401  (defines the ops and loads their kernels)
-from .sparse_conv import _backward, sparse_conv
+from .sparse_conv import _backward, _setup_context as _conv_setup_context, sparse_conv
 
 _spike_conv = torch.ops.sparsevision.spike_sparse_conv.default
 KERNEL_DTYPES = {'cpu': (torch.float32, torch.float64),
@@ -52,9 +52,8 @@ def _spike_conv_fake(spikes, weight, neighbors, inverse_neighbors):
 
 
 def _setup_context(ctx, inputs, output):
-    spikes, weight, neighbors, inverse_neighbors = inputs
-    ctx.save_for_backward(spikes, weight, neighbors, inverse_neighbors)
-    ctx.groups = 1
+    """As ``sparse_conv``'s with one group: its backward serves both."""
+    _conv_setup_context(ctx, (*inputs, 1), output)
 
 
 def _spike_backward(ctx, grad_output):
