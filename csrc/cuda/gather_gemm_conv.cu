@@ -1,4 +1,4 @@
-// CUDA kernels of sparsevision::gather_gemm_conv and gather_gemm_conv_weight_grad (the gather-GEMM path of sparse_conv).
+// CUDA kernels of sparsevision::gather_gemm_conv and gather_gemm_conv_weight_grad: sparse_conv's gather-GEMM path.
 //
 // The kernel map is first split into per-tap pair lists (output row, input row), ordered by tap, then output row.
 // For each tap in turn the input rows are gathered, multiplied by the tap's weight (at::mm / at::bmm, i.e. cuBLAS) and
@@ -25,7 +25,6 @@
 
 namespace sparsevision {
 namespace {
-
 
 // destination[p, c] = source[rows[p], c], converted to acc_t.
 template <typename scalar_t, typename acc_t>
@@ -115,8 +114,8 @@ at::Tensor grouped_outer_product(const at::Tensor& rows, const at::Tensor& grad_
   return per_group.transpose(0, 1).reshape({in_per_group, groups * out_per_group});
 }
 
-at::Tensor sparse_conv_cuda(const at::Tensor& features_in, const at::Tensor& weight_in,
-                            const at::Tensor& neighbors_in, const at::Tensor& inverse_neighbors, int64_t groups) {
+at::Tensor gather_gemm_conv_cuda(const at::Tensor& features_in, const at::Tensor& weight_in,
+                                 const at::Tensor& neighbors_in, const at::Tensor& inverse_neighbors, int64_t groups) {
   check_conv_arguments(features_in, weight_in, neighbors_in, groups);
   const c10::cuda::CUDAGuard guard(features_in.device());
   const at::ScalarType acc = accumulate_type(features_in.scalar_type());
@@ -136,9 +135,9 @@ at::Tensor sparse_conv_cuda(const at::Tensor& features_in, const at::Tensor& wei
   return out.to(features.scalar_type());
 }
 
-at::Tensor sparse_conv_weight_grad_cuda(const at::Tensor& features_in, const at::Tensor& grad_output_in,
-                                        const at::Tensor& neighbors_in, const at::Tensor& inverse_neighbors,
-                                        int64_t groups) {
+at::Tensor gather_gemm_conv_weight_grad_cuda(const at::Tensor& features_in, const at::Tensor& grad_output_in,
+                                             const at::Tensor& neighbors_in, const at::Tensor& inverse_neighbors,
+                                             int64_t groups) {
   check_weight_grad_arguments(features_in, grad_output_in, neighbors_in, groups);
   const c10::cuda::CUDAGuard guard(features_in.device());
   const at::Tensor features = features_in.contiguous();
@@ -162,8 +161,8 @@ at::Tensor sparse_conv_weight_grad_cuda(const at::Tensor& features_in, const at:
 }  // namespace
 
 void register_gather_gemm_conv_cuda(torch::Library& m) {
-  m.impl("gather_gemm_conv", &sparse_conv_cuda);
-  m.impl("gather_gemm_conv_weight_grad", &sparse_conv_weight_grad_cuda);
+  m.impl("gather_gemm_conv", &gather_gemm_conv_cuda);
+  m.impl("gather_gemm_conv_weight_grad", &gather_gemm_conv_weight_grad_cuda);
 }
 
 }  // namespace sparsevision

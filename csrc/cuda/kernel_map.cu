@@ -19,8 +19,6 @@
 namespace sparsevision {
 namespace {
 
-
-
 // keys[row] = linear key of the row in [batch, *shape], or -1 when the row lies outside that grid.
 __global__ void linear_keys_kernel(const int32_t* __restrict__ indices, int64_t rows,
                                    const ConvolutionGeometry geometry, int64_t* __restrict__ keys) {
@@ -122,8 +120,8 @@ at::Tensor kernel_map_cuda(const at::Tensor& in_indices_in, const at::Tensor& ou
   at::Tensor neighbors = at::empty({outputs, geometry.taps}, out_indices.options());  // the kernel fills every slot
   const auto [sorted_keys, order] = sorted_input_keys(in_indices, geometry, "kernel_map: in_indices");
   SV_LAUNCH(blocks_for(outputs * geometry.taps), kThreads, c10::cuda::getCurrentCUDAStream(),
-            kernel_map_kernel)(out_indices.data_ptr<int32_t>(), outputs, geometry, sorted_keys.data_ptr<int64_t>(), order.data_ptr<int64_t>(),
-      in_indices.size(0), neighbors.data_ptr<int32_t>());
+            kernel_map_kernel)(out_indices.data_ptr<int32_t>(), outputs, geometry, sorted_keys.data_ptr<int64_t>(),
+                               order.data_ptr<int64_t>(), in_indices.size(0), neighbors.data_ptr<int32_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return neighbors;
 }
@@ -232,8 +230,8 @@ at::Tensor invert_kernel_map_cuda(const at::Tensor& neighbors_in, int64_t num_in
   if (neighbors.numel() == 0) return inverse;
   at::Tensor problems = at::zeros({1}, neighbors.options());
   SV_LAUNCH(blocks_for(neighbors.numel()), kThreads, c10::cuda::getCurrentCUDAStream(),
-            invert_kernel_map_kernel)(neighbors.data_ptr<int32_t>(), outputs, taps, num_inputs, inverse.data_ptr<int32_t>(),
-      problems.data_ptr<int32_t>());
+            invert_kernel_map_kernel)(neighbors.data_ptr<int32_t>(), outputs, taps, num_inputs,
+                                      inverse.data_ptr<int32_t>(), problems.data_ptr<int32_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   const int32_t found = problems.item<int32_t>();
   TORCH_CHECK_VALUE(!(found & 1), "invert_kernel_map: kernel map entries must be -1 or input rows in [0, ",

@@ -61,8 +61,8 @@ at::Tensor gather_tokens_cuda(const at::Tensor& tokens_in, const at::Tensor& ind
   if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, tokens.scalar_type(), "gather_tokens_cuda", [&] {
     SV_LAUNCH(blocks_for(out.numel()), kThreads, c10::cuda::getCurrentCUDAStream(),
-              gather_tokens_kernel<scalar_t>)(tokens.data_ptr<scalar_t>(), index.data_ptr<int64_t>(), out.data_ptr<scalar_t>(), count, num_tokens,
-        channels, out.numel());
+              gather_tokens_kernel<scalar_t>)(tokens.data_ptr<scalar_t>(), index.data_ptr<int64_t>(),
+                                              out.data_ptr<scalar_t>(), count, num_tokens, channels, out.numel());
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
