@@ -28,13 +28,6 @@ inline void check_scatter_arguments(const at::Tensor& tokens, const at::Tensor& 
   TORCH_CHECK_VALUE(num_tokens >= 0, "scatter_tokens: num_tokens must be >= 0, got ", num_tokens);
 }
 
-// The zero-filled [B, num_tokens, C] sum buffer: float32 for half/bfloat16 inputs, else the input dtype.
-inline at::Tensor scatter_accumulator(const at::Tensor& tokens, int64_t num_tokens) {
-  const bool reduced = tokens.scalar_type() == at::kHalf || tokens.scalar_type() == at::kBFloat16;
-  return at::zeros({tokens.size(0), num_tokens, tokens.size(2)},
-                   tokens.options().dtype(reduced ? at::kFloat : tokens.scalar_type()));
-}
-
 // merge_tokens: tokens [B, N, C], sizes [B, N] of the tokens' dtype, index [B, N], num_out >= 0.
 inline void check_merge_arguments(const at::Tensor& tokens, const at::Tensor& sizes, const at::Tensor& index,
                                   int64_t num_out) {

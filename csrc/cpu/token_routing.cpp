@@ -76,7 +76,9 @@ at::Tensor scatter_tokens_cpu(const at::Tensor& tokens_in, const at::Tensor& ind
   const at::Tensor index = index_in.contiguous();
   const int64_t batch = tokens.size(0), count = tokens.size(1), channels = tokens.size(2);
   check_index_range(index, num_tokens, "scatter_tokens");
-  at::Tensor out = scatter_accumulator(tokens, num_tokens);
+  // the sums, in float32 for half/bfloat16 inputs
+  at::Tensor out =
+      at::zeros({batch, num_tokens, channels}, tokens.options().dtype(at::toOpMathType(tokens.scalar_type())));
   if (tokens.numel() == 0) return out.to(tokens.scalar_type());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, tokens.scalar_type(), "scatter_tokens_cpu", [&] {
     using accumulate_t = at::opmath_type<scalar_t>;

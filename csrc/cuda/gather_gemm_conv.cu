@@ -44,13 +44,11 @@ __global__ void add_rows_kernel(const acc_t* __restrict__ source, const int64_t*
   }
 }
 
-at::ScalarType accumulate_type(at::ScalarType type) { return at::toOpMathType(type); }
-
 // source's rows `rows`, in the accumulation dtype: [P, C].
 at::Tensor gather_rows(const at::Tensor& source, const at::Tensor& rows) {
   const int64_t channels = source.size(1);
   at::Tensor gathered =
-      at::empty({rows.size(0), channels}, source.options().dtype(accumulate_type(source.scalar_type())));
+      at::empty({rows.size(0), channels}, source.options().dtype(at::toOpMathType(source.scalar_type())));
   if (gathered.numel() == 0) return gathered;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, source.scalar_type(), "gather_rows_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -118,7 +116,7 @@ at::Tensor gather_gemm_conv_cuda(const at::Tensor& features_in, const at::Tensor
                                  const at::Tensor& neighbors_in, const at::Tensor& inverse_neighbors, int64_t groups) {
   check_conv_arguments(features_in, weight_in, neighbors_in, groups);
   const c10::cuda::CUDAGuard guard(features_in.device());
-  const at::ScalarType acc = accumulate_type(features_in.scalar_type());
+  const at::ScalarType acc = at::toOpMathType(features_in.scalar_type());
   const at::Tensor features = features_in.contiguous();
   const at::Tensor weight = weight_in.to(acc).contiguous();
   const at::Tensor neighbors = neighbors_in.contiguous();
@@ -145,7 +143,7 @@ at::Tensor gather_gemm_conv_weight_grad_cuda(const at::Tensor& features_in, cons
   const at::Tensor neighbors = neighbors_in.contiguous();
   const int64_t taps = neighbors.size(1), in_per_group = features.size(1) / groups;
   at::Tensor grad_weight = at::zeros({taps, in_per_group, grad_output.size(1)},
-                                     features.options().dtype(accumulate_type(features.scalar_type())));
+                                     features.options().dtype(at::toOpMathType(features.scalar_type())));
   if (grad_weight.numel() == 0) return grad_weight.to(features.scalar_type());
   const TapPairs pairs(neighbors, features.size(0));
   for (int64_t k = 0; k < taps; ++k) {
