@@ -96,7 +96,8 @@ struct SortedCoordinates {
 
 at::Tensor kernel_map_cpu(const at::Tensor& in_indices_in, const at::Tensor& out_indices_in,
                           at::IntArrayRef spatial_shape, at::IntArrayRef kernel_size, at::IntArrayRef stride,
-                          at::IntArrayRef padding, at::IntArrayRef dilation) {
+                          at::IntArrayRef padding, at::IntArrayRef dilation,
+                          bool /*sites_checked: checking is free here*/) {
   const ConvolutionGeometry geometry(spatial_shape, kernel_size, stride, padding, dilation);
   const int dims = geometry.dims;
   check_coordinate_tensor(in_indices_in, dims, "kernel_map: in_indices");
@@ -226,7 +227,7 @@ at::Tensor kernel_map_cpu(const at::Tensor& in_indices_in, const at::Tensor& out
 
 at::Tensor downsample_indices_cpu(const at::Tensor& indices_in, at::IntArrayRef spatial_shape,
                                   at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
-                                  at::IntArrayRef dilation) {
+                                  at::IntArrayRef dilation, bool /*sites_checked: checking is free here*/) {
   const ConvolutionGeometry geometry(spatial_shape, kernel_size, stride, padding, dilation);
   const int dims = geometry.dims;
   check_coordinate_tensor(indices_in, dims, "downsample_indices: indices");
@@ -311,7 +312,8 @@ at::Tensor downsample_indices_cpu(const at::Tensor& indices_in, at::IntArrayRef 
 
 // inverse[neighbors[m, k], k] = m. In a kernel map an input feeds at most one output per tap; a map where two
 // outputs read the same input through the same tap is rejected (it has no inverse).
-at::Tensor invert_kernel_map_cpu(const at::Tensor& neighbors_in, int64_t num_inputs) {
+at::Tensor invert_kernel_map_cpu(const at::Tensor& neighbors_in, int64_t num_inputs,
+                                 bool /*map_checked: checking is free here*/) {
   TORCH_CHECK_VALUE(neighbors_in.dim() == 2 && neighbors_in.scalar_type() == at::kInt,
                     "invert_kernel_map: neighbors must be an int32 [M, K] kernel map");
   TORCH_CHECK_VALUE(num_inputs >= 0, "invert_kernel_map: num_inputs must be >= 0, got ", num_inputs);

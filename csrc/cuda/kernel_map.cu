@@ -5,7 +5,11 @@
 // one thread with a binary search. Each slot has exactly one writer and no
 // floating point is involved, so results are deterministic. Bad input
 // (out-of-grid rows, duplicates, maps without an inverse) is detected on the
-// device and reported as a ValueError after one scalar copy to the host.
+// device and reported as a ValueError after one scalar copy to the host; a
+// caller that has checked its sites or map before (`sites_checked`,
+// `map_checked`) skips that copy, so kernel_map and invert_kernel_map then
+// never wait for the device. Skipping is memory-safe: out-of-grid rows are
+// never matched and out-of-range map entries are never written through.
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -37,10 +41,10 @@ __global__ void linear_keys_kernel(const int32_t* __restrict__ indices, int64_t 
   }
 }
 
-// Sorted keys of the input rows and the rows holding them; raises on out-of-grid rows and duplicates. Valid input
-// costs one scalar copy to the host; only bad input pays more, to name the offending rows.
+// Sorted keys of the input rows and the rows holding them. Unless `checked`, raises on out-of-grid rows and
+// duplicates: valid input costs one scalar copy to the host; only bad input pays more, to name the offending rows.
 std::pair<at::Tensor, at::Tensor> sorted_input_keys(const at::Tensor& indices, const ConvolutionGeometry& geometry,
-                                                    const char* name) {
+                                                    bool checked, const char* name) {
   const int64_t rows = indices.size(0);
   at::Tensor keys = at::empty({rows}, indices.options().dtype(at::kLong));
   if (rows > 0) {
@@ -50,7 +54,7 @@ std::pair<at::Tensor, at::Tensor> sorted_input_keys(const at::Tensor& indices, c
   }
   // The one-argument sort(true) would bind to sort(dim=1): spell every argument out.
   auto [sorted, order] = keys.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false);
-  if (rows == 0) return {sorted, order};
+  if (rows == 0 || checked) return {sorted, order};
   // Out-of-grid keys are -1, so they sort first.
   const at::Tensor bad = at::cat({sorted.slice(0, 0, 1) < 0, sorted.slice(0, 1) == sorted.slice(0, 0, rows - 1)});
   if (!bad.any().item<bool>()) return {sorted, order};
@@ -107,7 +111,7 @@ __global__ void kernel_map_kernel(const int32_t* __restrict__ out_indices, int64
 
 at::Tensor kernel_map_cuda(const at::Tensor& in_indices_in, const at::Tensor& out_indices_in,
                            at::IntArrayRef spatial_shape, at::IntArrayRef kernel_size, at::IntArrayRef stride,
-                           at::IntArrayRef padding, at::IntArrayRef dilation) {
+                           at::IntArrayRef padding, at::IntArrayRef dilation, bool sites_checked) {
   const ConvolutionGeometry geometry(spatial_shape, kernel_size, stride, padding, dilation);
   check_coordinate_tensor(in_indices_in, geometry.dims, "kernel_map: in_indices");
   check_coordinate_tensor(out_indices_in, geometry.dims, "kernel_map: out_indices");
@@ -118,7 +122,7 @@ at::Tensor kernel_map_cuda(const at::Tensor& in_indices_in, const at::Tensor& ou
   const int64_t outputs = out_indices.size(0);
   if (outputs == 0 || in_indices.size(0) == 0) return at::full({outputs, geometry.taps}, -1, out_indices.options());
   at::Tensor neighbors = at::empty({outputs, geometry.taps}, out_indices.options());  // the kernel fills every slot
-  const auto [sorted_keys, order] = sorted_input_keys(in_indices, geometry, "kernel_map: in_indices");
+  const auto [sorted_keys, order] = sorted_input_keys(in_indices, geometry, sites_checked, "kernel_map: in_indices");
   SV_LAUNCH(blocks_for(outputs * geometry.taps), kThreads, c10::cuda::getCurrentCUDAStream(),
             kernel_map_kernel)(out_indices.data_ptr<int32_t>(), outputs, geometry, sorted_keys.data_ptr<int64_t>(),
                                order.data_ptr<int64_t>(), in_indices.size(0), neighbors.data_ptr<int32_t>());
@@ -150,30 +154,36 @@ __global__ void downsample_candidates_kernel(const int32_t* __restrict__ indices
   }
 }
 
-__global__ void decode_keys_kernel(const int64_t* __restrict__ keys, int64_t rows, const ConvolutionGeometry output,
-                                   int32_t* __restrict__ coordinates) {
+// Writes the coordinates of every first occurrence of a key in `sorted` (ascending, -1 = no output) to row
+// `position[i] - 1` of `coordinates`: the distinct output sites, in key order.
+__global__ void decode_distinct_keys_kernel(const int64_t* __restrict__ sorted, const bool* __restrict__ first,
+                                            const int64_t* __restrict__ position, int64_t count,
+                                            const ConvolutionGeometry output, int32_t* __restrict__ coordinates) {
   const int dims = output.dims;
-  SV_GRID_STRIDE_LOOP(row, rows) {
-    int64_t key = keys[row];
+  SV_GRID_STRIDE_LOOP(i, count) {
+    if (!first[i]) continue;
+    int32_t* row = coordinates + (position[i] - 1) * (dims + 1);
+    int64_t key = sorted[i];
     SV_UNROLL
     for (int axis = kMaxDims - 1; axis >= 0; --axis) {
       if (axis >= dims) continue;
-      coordinates[row * (dims + 1) + axis + 1] = static_cast<int32_t>(key % output.shape[axis]);
+      row[axis + 1] = static_cast<int32_t>(key % output.shape[axis]);
       key /= output.shape[axis];
     }
-    coordinates[row * (dims + 1)] = static_cast<int32_t>(key);
+    row[0] = static_cast<int32_t>(key);
   }
 }
 
+// The output sites as one copy to the host decides their number (plus the input check unless `sites_checked`).
 at::Tensor downsample_indices_cuda(const at::Tensor& indices_in, at::IntArrayRef spatial_shape,
                                    at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
-                                   at::IntArrayRef dilation) {
+                                   at::IntArrayRef dilation, bool sites_checked) {
   const ConvolutionGeometry geometry(spatial_shape, kernel_size, stride, padding, dilation);
   const int dims = geometry.dims;
   check_coordinate_tensor(indices_in, dims, "downsample_indices: indices");
   const c10::cuda::CUDAGuard guard(indices_in.device());
   const at::Tensor indices = indices_in.contiguous();
-  sorted_input_keys(indices, geometry, "downsample_indices: indices");  // validates: on the grid, no duplicates
+  if (!sites_checked) sorted_input_keys(indices, geometry, false, "downsample_indices: indices");
   std::vector<int64_t> out_shape(dims), ones(dims, 1), zeros(dims, 0);
   for (int axis = 0; axis < dims; ++axis) {
     out_shape[axis] = (geometry.shape[axis] + 2 * geometry.padding[axis] -
@@ -181,27 +191,26 @@ at::Tensor downsample_indices_cuda(const at::Tensor& indices_in, at::IntArrayRef
     TORCH_CHECK_VALUE(out_shape[axis] > 0, "downsample_indices: the kernel does not fit the grid on axis ", axis);
   }
   const ConvolutionGeometry output(out_shape, ones, ones, zeros, ones);
-  const int64_t rows = indices.size(0);
-  at::Tensor candidates = at::empty({rows * geometry.taps}, indices.options().dtype(at::kLong));
-  if (rows > 0) {
-    SV_LAUNCH(blocks_for(rows * geometry.taps), kThreads, c10::cuda::getCurrentCUDAStream(),
-              downsample_candidates_kernel)(indices.data_ptr<int32_t>(), rows, geometry, output,
-                                            candidates.data_ptr<int64_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
-  const at::Tensor sorted = std::get<0>(candidates.masked_select(candidates >= 0).sort());
-  const at::Tensor keys = std::get<0>(at::unique_consecutive(sorted)).contiguous();
-  at::Tensor result = at::empty({keys.size(0), dims + 1}, indices.options());
-  if (keys.size(0) > 0) {
-    SV_LAUNCH(blocks_for(keys.size(0)), kThreads, c10::cuda::getCurrentCUDAStream(), decode_keys_kernel)(
-        keys.data_ptr<int64_t>(), keys.size(0), output, result.data_ptr<int32_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
+  const int64_t count = indices.size(0) * geometry.taps;
+  if (count == 0) return at::empty({0, dims + 1}, indices.options());
+  at::Tensor candidates = at::empty({count}, indices.options().dtype(at::kLong));
+  SV_LAUNCH(blocks_for(count), kThreads, c10::cuda::getCurrentCUDAStream(), downsample_candidates_kernel)(
+      indices.data_ptr<int32_t>(), indices.size(0), geometry, output, candidates.data_ptr<int64_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const at::Tensor sorted = std::get<0>(candidates.sort(/*stable=*/false, /*dim=*/0, /*descending=*/false));
+  at::Tensor first = sorted >= 0;  // a key's first occurrence, never -1
+  first.slice(0, 1).logical_and_(sorted.slice(0, 1) != sorted.slice(0, 0, count - 1));
+  const at::Tensor position = first.cumsum(0, at::kLong);
+  at::Tensor result = at::empty({position[count - 1].item<int64_t>(), dims + 1}, indices.options());
+  SV_LAUNCH(blocks_for(count), kThreads, c10::cuda::getCurrentCUDAStream(), decode_distinct_keys_kernel)(
+      sorted.data_ptr<int64_t>(), first.data_ptr<bool>(), position.data_ptr<int64_t>(), count, output,
+      result.data_ptr<int32_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
   return result;
 }
 
 // inverse[neighbors[m, k], k] = m. An entry other than -1 outside [0, num_inputs) or a slot claimed twice (two
-// outputs read one input through one tap) sets a bit of `problems` (1: out of range, 2: not invertible).
+// outputs read one input through one tap) sets a bit of `problems` (1: out of range, 2: not invertible), if given.
 __global__ void invert_kernel_map_kernel(const int32_t* __restrict__ neighbors, int64_t outputs, int64_t taps,
                                          int64_t num_inputs, int32_t* __restrict__ inverse,
                                          int32_t* __restrict__ problems) {
@@ -209,15 +218,16 @@ __global__ void invert_kernel_map_kernel(const int32_t* __restrict__ neighbors, 
     const int32_t n = neighbors[slot];
     if (n == -1) continue;
     if (n < 0 || n >= num_inputs) {
-      atomicOr(problems, 1);
+      if (problems) atomicOr(problems, 1);
       continue;
     }
     const int64_t m = slot / taps, tap = slot % taps;
-    if (atomicCAS(inverse + int64_t(n) * taps + tap, -1, static_cast<int32_t>(m)) != -1) atomicOr(problems, 2);
+    const int32_t previous = atomicCAS(inverse + int64_t(n) * taps + tap, -1, static_cast<int32_t>(m));
+    if (previous != -1 && problems) atomicOr(problems, 2);
   }
 }
 
-at::Tensor invert_kernel_map_cuda(const at::Tensor& neighbors_in, int64_t num_inputs) {
+at::Tensor invert_kernel_map_cuda(const at::Tensor& neighbors_in, int64_t num_inputs, bool map_checked) {
   TORCH_CHECK_VALUE(neighbors_in.dim() == 2 && neighbors_in.scalar_type() == at::kInt,
                     "invert_kernel_map: neighbors must be an int32 [M, K] kernel map");
   TORCH_CHECK_VALUE(num_inputs >= 0, "invert_kernel_map: num_inputs must be >= 0, got ", num_inputs);
@@ -228,11 +238,13 @@ at::Tensor invert_kernel_map_cuda(const at::Tensor& neighbors_in, int64_t num_in
   const int64_t outputs = neighbors.size(0), taps = neighbors.size(1);
   at::Tensor inverse = at::full({num_inputs, taps}, -1, neighbors.options());
   if (neighbors.numel() == 0) return inverse;
-  at::Tensor problems = at::zeros({1}, neighbors.options());
+  at::Tensor problems = map_checked ? at::Tensor() : at::zeros({1}, neighbors.options());
   SV_LAUNCH(blocks_for(neighbors.numel()), kThreads, c10::cuda::getCurrentCUDAStream(),
             invert_kernel_map_kernel)(neighbors.data_ptr<int32_t>(), outputs, taps, num_inputs,
-                                      inverse.data_ptr<int32_t>(), problems.data_ptr<int32_t>());
+                                      inverse.data_ptr<int32_t>(),
+                                      map_checked ? nullptr : problems.data_ptr<int32_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if (map_checked) return inverse;
   const int32_t found = problems.item<int32_t>();
   TORCH_CHECK_VALUE(!(found & 1), "invert_kernel_map: kernel map entries must be -1 or input rows in [0, ",
                     num_inputs, ")");

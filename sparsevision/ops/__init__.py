@@ -5,10 +5,10 @@ fake implementation (``torch.compile`` traces it) and autograd where it has a
 gradient; :mod:`sparsevision.ops.reference` holds its pure-PyTorch definition.
 """
 from .batch_norm import batch_norm_rows
-from .kernel_map import (build_kernel_map, check_indices, downsample_indices, invert_kernel_map,
-                         submanifold_kernel_map)
+from .kernel_map import build_kernel_map, downsample_indices, invert_kernel_map, submanifold_kernel_map
 from .library import EXTENSION, ExtensionInfo
 from .recycled_buffers import cached_buffer_bytes, release_cached_buffers, set_buffer_cache_limit
+from .site_validation import check_indices
 from .sparse_conv import sparse_conv, transpose_weight
 from .spike_conv import spike_sparse_conv
 from .token_routing import gather_tokens, merge_tokens, scatter_tokens, select_tokens, unmerge_tokens

@@ -5,63 +5,19 @@ there): output-stationary, so a convolution can sum each output's ``K`` taps
 in a fixed order and stay deterministic without atomics. Built by merging
 sorted linear keys (int64, so large grids never overflow), not by hashing.
 """
-from typing import Optional, Sequence, Tuple
+from typing import Sequence, Tuple
 
 import torch
 
 from . import library  # noqa: F401  (defines the ops and loads their kernels)
-from .coordinates import (MAX_LINEAR_KEY, IntOrSequence, convolution_geometry, expand_argument,
-                          output_spatial_shape)
+from .coordinates import IntOrSequence, convolution_geometry, expand_argument, output_spatial_shape
 from .devices import check_same_device
-from .map_validation import mark_valid
+from .map_validation import known_invertible, mark_valid
+from .site_validation import check_indices, checked_sites, known_distinct, mark_distinct, mark_on_grid
 
 _kernel_map = torch.ops.sparsevision.kernel_map.default
 _downsample_indices = torch.ops.sparsevision.downsample_indices.default
 _invert_kernel_map = torch.ops.sparsevision.invert_kernel_map.default
-INDEX_DTYPES = (torch.int32, torch.int64, torch.int16, torch.int8, torch.uint8)
-
-
-def check_indices(indices: torch.Tensor, spatial_shape: Sequence[int], batch_size: Optional[int] = None,
-                  name: str = 'indices') -> torch.Tensor:
-    """Validate ``[N, 1 + D]`` coordinates against their grid; return them as contiguous int32.
-
-    int32 is spconv's dtype; int64, int16, int8 and uint8 coordinates are converted (int64 only when every value
-    fits). uint8 cannot hold a negative value, so a negative coordinate computed in uint8 has already wrapped
-    around before it gets here: compute coordinates in a signed dtype.
-
-    Raises:
-        ValueError: float or other non-integer dtypes (naming the dtype), wrong-shaped coordinates, negative or
-            out-of-grid values, a batch index ``>= batch_size``, or a grid too large for int64 keys.
-    """
-    dims = len(spatial_shape)
-    if indices.dtype not in INDEX_DTYPES:
-        advice = ('voxelize float points first' if indices.is_floating_point() else
-                  'convert them with .to(torch.int32)')
-        raise ValueError(f'{name} must be integers of dtype int32 (int64, int16, int8 and uint8 are converted), got '
-                         f'{indices.dtype}; {advice}')
-    if indices.dim() != 2 or indices.shape[1] != dims + 1:
-        raise ValueError(f'{name} must be [N, {dims + 1}] (batch, then {dims} coordinates) for a {dims}-D '
-                         f'spatial_shape, got shape {tuple(indices.shape)}')
-    if any(size <= 0 for size in spatial_shape):
-        raise ValueError(f'spatial_shape must be positive, got {list(spatial_shape)}')
-    if indices.numel() and not torch.compiler.is_compiling():
-        low, high = torch.stack([indices.amin(dim=0), indices.amax(dim=0)]).tolist()   # one read from the device
-        if min(low) < 0:
-            raise ValueError(f'{name} has negative values (column minima {low})')
-        if max(high) >= 2**31:
-            raise ValueError(f'{name} values do not fit in int32 (largest magnitude {max(high)})')
-        outside = [axis for axis in range(dims) if high[axis + 1] >= spatial_shape[axis]]
-        if outside:
-            raise ValueError(f'{name} column {outside[0] + 1} reaches {high[outside[0] + 1]} but spatial_shape is '
-                             f'{list(spatial_shape)} (coordinates must be < the shape)')
-        if batch_size is not None and high[0] >= batch_size:
-            raise ValueError(f'{name} has batch index {high[0]} but batch_size is {batch_size}')
-        grid = high[0] + 1
-        for size in spatial_shape:
-            grid *= size
-        if grid >= MAX_LINEAR_KEY:
-            raise ValueError(f'the grid [batch={high[0] + 1}, *{list(spatial_shape)}] has more than 2^62 cells')
-    return indices.to(torch.int32).contiguous()
 
 
 def build_kernel_map(in_indices: torch.Tensor, out_indices: torch.Tensor, spatial_shape: Sequence[int],
@@ -89,8 +45,10 @@ def build_kernel_map(in_indices: torch.Tensor, out_indices: torch.Tensor, spatia
     check_same_device('build_kernel_map', in_indices=in_indices, out_indices=out_indices)
     in_indices = check_indices(in_indices, spatial_shape, name='in_indices')
     out_indices = in_indices if same_sites else check_indices(out_indices, out_shape, name='out_indices')
-    neighbors = _kernel_map(in_indices, out_indices, list(spatial_shape), *map(list, geometry))
-    mark_valid(neighbors, in_indices.shape[0])
+    neighbors = _kernel_map(in_indices, out_indices, list(spatial_shape), *map(list, geometry),
+                            sites_checked=known_distinct(in_indices))
+    mark_distinct(in_indices)
+    mark_valid(neighbors, in_indices.shape[0], invertible=known_distinct(out_indices))
     return neighbors
 
 
@@ -123,7 +81,13 @@ def downsample_indices(indices: torch.Tensor, spatial_shape: Sequence[int], kern
         raise ValueError(f'kernel {geometry[0]} with dilation {geometry[3]} does not fit grid {list(spatial_shape)} '
                          f'padded by {geometry[2]}')
     indices = check_indices(indices, spatial_shape)
-    return _downsample_indices(indices, list(spatial_shape), *map(list, geometry)), out_shape
+    out_indices = _downsample_indices(indices, list(spatial_shape), *map(list, geometry),
+                                      sites_checked=known_distinct(indices))
+    mark_distinct(indices)
+    checked = checked_sites.get(indices)
+    if checked is not None:
+        mark_on_grid(out_indices, checked.bounds[0], out_shape)
+    return out_indices, out_shape
 
 
 def invert_kernel_map(neighbors: torch.Tensor, num_inputs: int) -> torch.Tensor:
@@ -140,13 +104,14 @@ def invert_kernel_map(neighbors: torch.Tensor, num_inputs: int) -> torch.Tensor:
     if neighbors.dim() != 2 or neighbors.dtype != torch.int32:
         raise ValueError(f'neighbors must be an int32 [M, K] kernel map, got {neighbors.dtype} '
                          f'{tuple(neighbors.shape)}')
-    inverse = _invert_kernel_map(neighbors, num_inputs)
-    mark_valid(inverse, neighbors.shape[0])
+    inverse = _invert_kernel_map(neighbors, num_inputs, map_checked=known_invertible(neighbors, num_inputs))
+    mark_valid(inverse, neighbors.shape[0], invertible=True)
     return inverse
 
 
 @torch.library.register_fake('sparsevision::kernel_map')
-def _kernel_map_fake(in_indices, out_indices, spatial_shape, kernel_size, stride, padding, dilation):
+def _kernel_map_fake(in_indices, out_indices, spatial_shape, kernel_size, stride, padding, dilation,
+                     sites_checked=False):
     taps = 1
     for size in kernel_size:
         taps *= size
@@ -154,11 +119,11 @@ def _kernel_map_fake(in_indices, out_indices, spatial_shape, kernel_size, stride
 
 
 @torch.library.register_fake('sparsevision::downsample_indices')
-def _downsample_indices_fake(indices, spatial_shape, kernel_size, stride, padding, dilation):
+def _downsample_indices_fake(indices, spatial_shape, kernel_size, stride, padding, dilation, sites_checked=False):
     outputs = torch.library.get_ctx().new_dynamic_size()
     return indices.new_empty(outputs, indices.shape[1])
 
 
 @torch.library.register_fake('sparsevision::invert_kernel_map')
-def _invert_kernel_map_fake(neighbors, num_inputs):
+def _invert_kernel_map_fake(neighbors, num_inputs, map_checked=False):
     return neighbors.new_empty(num_inputs, neighbors.shape[1])

@@ -1,39 +1,36 @@
-"""Kernel maps whose entries are known to be ``-1`` or rows of the input, so a GPU convolution need not re-check them.
+"""Kernel maps whose entries are known to be ``-1`` or rows of the input, so a GPU op need not re-check them.
 
-Checking a map's range on the GPU costs a device-to-host sync. A map is checked once instead, and remembered by its
-identity and version (a weak reference, so a freed map is forgotten and an in-place edit is re-checked). Maps built
-by :mod:`sparsevision.ops.kernel_map` are recorded as valid when they are built, with no check at all. Two edits go
-unnoticed: one through ``.data``, which bypasses the version counter, and one to a map made under
-``torch.inference_mode``, which keeps no counter. The kernels read an out-of-range entry as absent, so such an edit
-gives wrong sums, never an out-of-bounds read.
+Checking a map's range on the GPU costs a device-to-host sync. A map is checked once instead and the result kept in
+a :class:`~sparsevision.ops.tensor_facts.TensorFacts` (see there for which edits go unnoticed). Maps built by
+:mod:`sparsevision.ops.kernel_map` are recorded as valid when they are built, with no check at all, and as
+invertible when their output sites are known to be distinct (an input then feeds at most one output per tap).
 """
-import weakref
-from typing import Dict, Optional, Tuple
+from typing import NamedTuple
 
 import torch
 
+from .tensor_facts import TensorFacts
+
 _INVALID_BOUND = 2**62   # the bound recorded for a map with an entry below -1: no input is large enough
-_bounds: Dict[int, Tuple[weakref.ref, Optional[int], int]] = {}
 
 
-def _version(neighbors: torch.Tensor) -> Optional[int]:
-    return None if neighbors.is_inference() else neighbors._version   # inference tensors keep no version counter
+class MapFacts(NamedTuple):
+    bound: int          # one more than the largest entry
+    invertible: bool    # no input is read by two outputs through one tap
 
 
-def _remember(neighbors: torch.Tensor, bound: int) -> None:
-    key = id(neighbors)
-
-    def forget(reference, key=key):
-        if key in _bounds and _bounds[key][0] is reference:
-            del _bounds[key]
-
-    _bounds[key] = (weakref.ref(neighbors, forget), _version(neighbors), bound)
+checked_maps = TensorFacts()
 
 
-def mark_valid(neighbors: torch.Tensor, num_inputs: int) -> None:
+def mark_valid(neighbors: torch.Tensor, num_inputs: int, invertible: bool = False) -> None:
     """Records that every entry of ``neighbors`` is ``-1`` or below ``num_inputs`` (the builders call this)."""
-    if not torch.compiler.is_compiling():
-        _remember(neighbors, num_inputs)
+    checked_maps.record(neighbors, MapFacts(num_inputs, invertible))
+
+
+def known_invertible(neighbors: torch.Tensor, num_inputs: int) -> bool:
+    """Whether ``neighbors`` is known to be a map into ``num_inputs`` rows that :func:`invert_kernel_map` accepts."""
+    facts = checked_maps.get(neighbors)
+    return facts is not None and facts.invertible and facts.bound <= num_inputs
 
 
 def require_valid(neighbors: torch.Tensor, num_inputs: int, op: str) -> None:
@@ -44,13 +41,11 @@ def require_valid(neighbors: torch.Tensor, num_inputs: int, op: str) -> None:
     Raises:
         ValueError: an entry out of range, or an unchecked map during CUDA-graph capture (where a sync is illegal).
     """
-    known = _bounds.get(id(neighbors))
-    if known is not None and known[0]() is neighbors and known[1] == _version(neighbors):
-        bound = known[2]
-    else:
-        bound = _measure(neighbors, op)
-        _remember(neighbors, bound)
-    if bound > num_inputs:
+    facts = checked_maps.get(neighbors)
+    if facts is None:
+        facts = MapFacts(_measure(neighbors, op), False)
+        checked_maps.record(neighbors, facts)
+    if facts.bound > num_inputs:
         raise ValueError(f'{op}: kernel map entries must be -1 or rows of features (< {num_inputs})')
 
 

@@ -47,7 +47,8 @@ def scatter_tokens(tokens: torch.Tensor, index: torch.Tensor, num_tokens: int) -
 
 
 def kernel_map(in_indices: torch.Tensor, out_indices: torch.Tensor, spatial_shape: List[int],
-               kernel_size: List[int], stride: List[int], padding: List[int], dilation: List[int]) -> torch.Tensor:
+               kernel_size: List[int], stride: List[int], padding: List[int], dilation: List[int],
+               sites_checked: bool = False) -> torch.Tensor:
     """For every output site and kernel tap, the input row it reads (``-1`` where no input site is there).
 
     Output site ``o`` reads, through tap ``k``, the input at
@@ -60,6 +61,8 @@ def kernel_map(in_indices: torch.Tensor, out_indices: torch.Tensor, spatial_shap
         out_indices: ``[M, 1 + D]`` integer output coordinates.
         spatial_shape: the input grid, ``D`` sizes.
         kernel_size, stride, padding, dilation: ``D`` values each.
+        sites_checked: the caller checked ``in_indices`` before; a kernel whose check costs a device-to-host copy
+            may skip it. The reference always checks.
 
     Returns:
         ``[M, K]`` int32 input row numbers, ``K = prod(kernel_size)`` taps, last axis fastest.
@@ -81,11 +84,11 @@ def kernel_map(in_indices: torch.Tensor, out_indices: torch.Tensor, spatial_shap
 
 
 def downsample_indices(indices: torch.Tensor, spatial_shape: List[int], kernel_size: List[int], stride: List[int],
-                       padding: List[int], dilation: List[int]) -> torch.Tensor:
+                       padding: List[int], dilation: List[int], sites_checked: bool = False) -> torch.Tensor:
     """The output sites of a strided sparse convolution: every site some input reaches, sorted.
 
     Output ``o`` exists when an input ``p`` satisfies ``p = o * stride - padding + k * dilation``
-    for some tap ``k`` with ``o`` inside the output grid.
+    for some tap ``k`` with ``o`` inside the output grid. ``sites_checked`` as in :func:`kernel_map`.
 
     Returns:
         ``[M, 1 + D]`` int32 output coordinates in row-major (batch, then axes) order.
@@ -103,10 +106,12 @@ def downsample_indices(indices: torch.Tensor, spatial_shape: List[int], kernel_s
     return keys_to_coordinates(keys, out_shape)
 
 
-def invert_kernel_map(neighbors: torch.Tensor, num_inputs: int) -> torch.Tensor:
+def invert_kernel_map(neighbors: torch.Tensor, num_inputs: int, map_checked: bool = False) -> torch.Tensor:
     """``[num_inputs, K]`` int32: the output row each input feeds through each tap (``-1`` none).
 
     An input feeds at most one output per tap, so the entries of ``neighbors`` are only moved, never combined.
+    ``map_checked``: the caller knows the map is invertible; a kernel whose check costs a device-to-host copy may
+    skip it. The reference always checks.
     """
     if ((neighbors < -1) | (neighbors >= num_inputs)).any():
         raise ValueError(f'invert_kernel_map: kernel map entries must be -1 or input rows in [0, {num_inputs})')

@@ -14,10 +14,10 @@ SCHEMAS = {
                      '-> (Tensor merged, Tensor merged_sizes)'),
     'select_tokens': 'select_tokens(Tensor scores, int keep, int num_prefix) -> Tensor',
     'kernel_map': ('kernel_map(Tensor in_indices, Tensor out_indices, int[] spatial_shape, int[] kernel_size, '
-                   'int[] stride, int[] padding, int[] dilation) -> Tensor'),
+                   'int[] stride, int[] padding, int[] dilation, bool sites_checked=False) -> Tensor'),
     'downsample_indices': ('downsample_indices(Tensor indices, int[] spatial_shape, int[] kernel_size, '
-                           'int[] stride, int[] padding, int[] dilation) -> Tensor'),
-    'invert_kernel_map': 'invert_kernel_map(Tensor neighbors, SymInt num_inputs) -> Tensor',
+                           'int[] stride, int[] padding, int[] dilation, bool sites_checked=False) -> Tensor'),
+    'invert_kernel_map': 'invert_kernel_map(Tensor neighbors, SymInt num_inputs, bool map_checked=False) -> Tensor',
     'sparse_conv': ('sparse_conv(Tensor features, Tensor weight, Tensor neighbors, Tensor inverse_neighbors, '
                     'int groups) -> Tensor'),
     'sparse_conv_weight_grad': ('sparse_conv_weight_grad(Tensor features, Tensor grad_output, Tensor neighbors, '

@@ -72,7 +72,7 @@ def _build(x, geometry) -> KernelMap:
         x.kernel_maps.sites_distinct = True   # the map build refuses duplicates
         # a centred kernel is symmetric: input n feeds output m through tap k iff m feeds n through tap K-1-k
         inverse = neighbors.flip(1).contiguous()
-        mark_valid(inverse, x.indices.shape[0])
+        mark_valid(inverse, x.indices.shape[0], invertible=True)
         return KernelMap(x.indices, x.spatial_shape, x.indices, x.spatial_shape, neighbors, inverse, x.kernel_maps,
                          x.kernel_maps, geometry)
     out_indices, out_shape = ops.downsample_indices(x.indices, x.spatial_shape, kernel_size, stride, padding,

@@ -13,6 +13,7 @@ from cuda_emulation import launch_count
 from sparsevision.ops import extension_info, reference
 from sparsevision.ops.conv_algorithms import ConvAlgorithm, use_conv_algorithm
 from sparsevision.ops.coordinates import keys_to_coordinates
+from sparsevision.utils.host_syncs import SYNCING_OPS, HostSyncs
 
 requires_cuda_kernels = pytest.mark.skipif(not (torch.cuda.is_available() and extension_info().cuda_kernels),
                                            reason='CUDA or the CUDA kernels of sparsevision._C are not available')
@@ -80,6 +81,47 @@ def test_bad_input_raises(cuda_backend):
                 SPARSE_CONV(features, weight, cuda_backend.to(bad_map), cuda_backend.to(bad_map), 1)
             with pytest.raises(ValueError, match='kernel map entries'):
                 torch.ops.sparsevision.invert_kernel_map(cuda_backend.to(bad_map), 3)
+
+
+def test_skipped_checks_stay_memory_safe(cuda_backend):
+    """A caller's claim that sites or a map were checked skips the CUDA kernels' sync, never a bounds check: a wrong
+    claim drops the bad rows and entries instead of reading or writing out of bounds."""
+    outside = cuda_backend.to(torch.tensor([[0, 9, 1, 1], [0, 1, 1, 1]], dtype=torch.int32))
+    broken = torch.full((2, 27), -1, dtype=torch.int32)
+    broken[0, 0], broken[1, 3] = 3, 1
+    with cuda_backend:
+        neighbors = torch.ops.sparsevision.kernel_map(outside, outside, [4, 4, 4], [3] * 3, [1] * 3, [1] * 3,
+                                                      [1] * 3, sites_checked=True)
+        inverse = torch.ops.sparsevision.invert_kernel_map(cuda_backend.to(broken), 3, map_checked=True)
+    expected = torch.full((2, 27), -1, dtype=torch.int32)
+    expected[1, 13] = 1
+    assert torch.equal(neighbors.cpu(), expected)
+    assert inverse.cpu()[1, 3] == 1 and (inverse.cpu() >= 0).sum() == 1
+
+
+def native_reads(function) -> int:
+    """How many ops under ``function`` made the host wait for the device, nested calls in native kernels included
+    (the profiler sees those; check_indices' own read is counted apart, by its amin)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+        function()
+    return sum(event.name in SYNCING_OPS for event in profiler.events())
+
+
+def test_map_builds_on_checked_sites_wait_only_for_output_sizes(cuda_backend):
+    shape = [12, 15, 18]
+    with cuda_backend:
+        sites = ops.check_indices(cuda_backend.to(random_sites(800, shape)), shape)
+        assert native_reads(lambda: ops.submanifold_kernel_map(sites, shape, 3)) == 1   # finds no duplicate
+        assert native_reads(lambda: ops.submanifold_kernel_map(sites, shape, 5)) == 0
+        outputs, out_shape = ops.downsample_indices(sites, shape, 2, 2)   # waits once, for the number of outputs
+        with HostSyncs() as python_ops:
+            assert native_reads(lambda: ops.downsample_indices(sites, shape, 2, 2)) == 1
+            neighbors = ops.build_kernel_map(sites, outputs, shape, 2, 2)
+            assert native_reads(lambda: ops.invert_kernel_map(neighbors, sites.shape[0])) == 0
+            assert native_reads(lambda: ops.submanifold_kernel_map(outputs, out_shape, 3)) == 0
+        assert python_ops.ops['aten::amin'] == 0   # nor were the sites' ranges read again
+        handmade = cuda_backend.to(torch.tensor([[0, -1], [1, 0]], dtype=torch.int32))
+        assert native_reads(lambda: ops.invert_kernel_map(handmade, 2)) == 1
 
 
 def test_entries_below_minus_one_are_refused_by_the_cpu_inversion_too():
