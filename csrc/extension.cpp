@@ -98,10 +98,10 @@ PyObject* register_kernels(PyObject*, PyObject*) {
       return libraries.back().get();
     };
     torch::Library* cpu = library(c10::DispatchKey::CPU);
-    for (auto kernels : {sparsevision::register_batch_norm_cpu, sparsevision::register_kernel_map_cpu,
-                         sparsevision::register_sparse_conv_cpu, sparsevision::register_spike_conv_cpu,
-                         sparsevision::register_token_merge_cpu, sparsevision::register_token_routing_cpu,
-                         sparsevision::register_token_select_cpu}) {
+    for (auto kernels : {sparsevision::register_batch_norm_cpu, sparsevision::register_indexed_attention_cpu,
+                         sparsevision::register_kernel_map_cpu, sparsevision::register_sparse_conv_cpu,
+                         sparsevision::register_spike_conv_cpu, sparsevision::register_token_merge_cpu,
+                         sparsevision::register_token_routing_cpu, sparsevision::register_token_select_cpu}) {
       kernels(*cpu);
     }
 #ifdef WITH_CUDA

@@ -9,6 +9,7 @@
 namespace sparsevision {
 
 void register_batch_norm_cpu(torch::Library& m);
+void register_indexed_attention_cpu(torch::Library& m);
 void register_kernel_map_cpu(torch::Library& m);
 void register_sparse_conv_cpu(torch::Library& m);
 void register_spike_conv_cpu(torch::Library& m);

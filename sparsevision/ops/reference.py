@@ -271,3 +271,57 @@ def row_batch_norm_backward(grad_out: torch.Tensor, rows: torch.Tensor, mean: to
 # The CUDA gather-GEMM path (csrc/cuda/gather_gemm_conv.cu) computes the same functions.
 gather_gemm_conv = sparse_conv
 gather_gemm_conv_weight_grad = sparse_conv_weight_grad
+
+
+def indexed_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, index: torch.Tensor,
+                      bias: Optional[torch.Tensor], scale: float):
+    """Attention where each query attends only to the keys its row of ``index`` names.
+
+    ``out[q, h] = sum_l p[q, h, l] * value[index[q, l], h]`` with ``p = softmax_l(scale * query[q, h] .
+    key[index[q, l], h] + bias[q, h, l])`` over the slots ``l`` whose ``index[q, l] >= 0``. A key named twice is
+    attended twice. A query with no key gets zeros and a log-sum-exp of ``-inf``.
+
+    Args:
+        query: ``[Nq, H, D]``; key: ``[Nk, H, D]``; value: ``[Nk, H, Dv]``.
+        index: ``[Nq, L]`` int32 rows of ``key`` (``-1`` = an empty slot).
+        bias: ``[Nq, H, L]`` (or ``[1, H, L]`` for every query) added to the scores, or None.
+        scale: the score factor, usually ``D ** -0.5``.
+
+    Returns:
+        ``(out [Nq, H, Dv], lse [Nq, H])``: the log-sum-exp of each query's scores, in float32 for float16/bfloat16
+        inputs (the backward recomputes the probabilities from it).
+    """
+    accumulate = torch.promote_types(query.dtype, torch.float32)
+    valid = index >= 0
+    keys, values = (_rows_or_zeros(table, index).to(accumulate) for table in (key, value))   # [Nq, L, H, D]
+    scores = torch.einsum('qhd,qlhd->qhl', query.to(accumulate), keys) * scale
+    if bias is not None:
+        scores = scores + bias.to(accumulate)
+    has_key = valid.any(dim=1)
+    # empty slots score -inf, except in a query without keys, where finite scores keep the gradients finite
+    filler = torch.where(has_key, float('-inf'), 0.0).to(accumulate)[:, None, None]
+    scores = torch.where(valid[:, None, :], scores, filler)
+    lse = torch.logsumexp(scores, dim=-1)
+    probs = torch.exp(scores - lse[..., None]) * valid[:, None, :]
+    out = torch.einsum('qhl,qlhd->qhd', probs, values)
+    return out.to(query.dtype), torch.where(has_key[:, None], lse, float('-inf'))
+
+
+def _rows_or_zeros(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``table[index]``, with zeros where ``index`` is -1 (which picks the zero row appended at the end)."""
+    return torch.cat([table, table.new_zeros(1, *table.shape[1:])])[index.long()]
+
+
+def indexed_attention_backward(grad_out: torch.Tensor, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                               index: torch.Tensor, bias: Optional[torch.Tensor], out: torch.Tensor,
+                               lse: torch.Tensor, scale: float):
+    """Gradients of :func:`indexed_attention` for ``query``, ``key``, ``value`` and ``bias`` (an empty tensor when
+    ``bias`` is None); ``out`` and ``lse`` are the forward's results."""
+    inputs = [tensor.detach().requires_grad_() for tensor in (query, key, value)]
+    if bias is not None:
+        inputs.append(bias.detach().requires_grad_())
+    with torch.enable_grad():
+        result, _ = indexed_attention(*inputs[:3], index, inputs[3] if bias is not None else None, scale)
+        grads = torch.autograd.grad(result, inputs, grad_out, allow_unused=True)
+    grads = [torch.zeros_like(tensor) if grad is None else grad for grad, tensor in zip(grads, inputs)]
+    return (*grads[:3], grads[3] if bias is not None else query.new_empty(0))

@@ -28,6 +28,11 @@ SCHEMAS = {
                                      'Tensor neighbors, Tensor inverse_neighbors, int groups) -> Tensor'),
     'spike_sparse_conv': ('spike_sparse_conv(Tensor spikes, Tensor weight, Tensor neighbors, '
                           'Tensor inverse_neighbors) -> Tensor'),
+    'indexed_attention': ('indexed_attention(Tensor query, Tensor key, Tensor value, Tensor index, Tensor? bias, '
+                          'float scale) -> (Tensor out, Tensor lse)'),
+    'indexed_attention_backward': ('indexed_attention_backward(Tensor grad_out, Tensor query, Tensor key, '
+                                   'Tensor value, Tensor index, Tensor? bias, Tensor out, Tensor lse, float scale) '
+                                   '-> (Tensor grad_query, Tensor grad_key, Tensor grad_value, Tensor grad_bias)'),
     'row_batch_norm': ('row_batch_norm(Tensor rows, Tensor? weight, Tensor? bias, float eps, bool relu=False, '
                        'Tensor? residual=None) -> (Tensor out, Tensor mean, Tensor var)'),
     'row_batch_norm_backward': ('row_batch_norm_backward(Tensor grad_out, Tensor rows, Tensor mean, Tensor var, '

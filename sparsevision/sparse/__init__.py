@@ -6,6 +6,7 @@ weight layout ``[out, *kernel, in / groups]``, so spconv state_dicts load
 unchanged. On top: deterministic results at any thread count, ``groups``,
 automatic kernel-map reuse, bf16/fp16, and ops that ``torch.compile`` traces.
 """
+from .attention import SubMAttention, SubMAttention3d
 from .conv import (SparseConv1d, SparseConv2d, SparseConv3d, SparseConv4d, SparseConvolution, SparseInverseConv1d,
                    SparseInverseConv2d, SparseInverseConv3d, SparseInverseConv4d, SubMConv1d, SubMConv2d, SubMConv3d,
                    SubMConv4d)
@@ -26,8 +27,8 @@ __all__ = [
     'SparseGlobalAvgPool', 'SparseGlobalMaxPool', 'SparseGroupNorm', 'SparseIdentity', 'SparseInverseConv1d',
     'SparseInverseConv2d', 'SparseInverseConv3d', 'SparseInverseConv4d', 'SparseMaxPool1d', 'SparseMaxPool2d',
     'SparseMaxPool3d', 'SparseMaxPool4d', 'SparseModule', 'SparsePool', 'SparseReLU', 'SparseSequential',
-    'SparseTensor', 'SubMConv1d', 'SubMConv2d', 'SubMConv3d', 'SubMConv4d', 'ToDense', 'VoxelBatch',
-    'convert_spconv1_state_dict', 'devoxelize', 'from_spconv', 'grid_shape', 'to_spconv', 'voxelize_batch',
-    'voxelize_hard', 'voxelize_mean', 'weight_from_minkowski', 'weight_from_spconv1', 'weight_to_minkowski',
-    'weight_to_spconv1',
+    'SparseTensor', 'SubMAttention', 'SubMAttention3d', 'SubMConv1d', 'SubMConv2d', 'SubMConv3d', 'SubMConv4d',
+    'ToDense', 'VoxelBatch', 'convert_spconv1_state_dict', 'devoxelize', 'from_spconv', 'grid_shape', 'to_spconv',
+    'voxelize_batch', 'voxelize_hard', 'voxelize_mean', 'weight_from_minkowski', 'weight_from_spconv1',
+    'weight_to_minkowski', 'weight_to_spconv1',
 ]

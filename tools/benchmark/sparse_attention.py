@@ -1,0 +1,202 @@
+"""Benchmark neighbourhood attention (``sparsevision.ops.na2d``, the indexed-attention kernel) against its peers.
+
+Cases are NAT/DiNAT stage shapes: 7x7 windows on 56x56 tokens with 64 channels (2 heads) and on 28x28 tokens with
+128 channels (4 heads), batch 1, float32, forward (``fwd``) and forward+backward (``fwd+bwd``: the output and the
+gradients of query, key and value). Peers, each in its own row:
+
+- ``window``: Swin-style window attention (7x7 non-overlapping windows, ``scaled_dot_product_attention`` per window),
+  the cost bar NA is held to. It is another function, so its outputs are not compared (``match`` is ``-``).
+- ``flex``: ``torch.compile(flex_attention)`` with a block mask of the same clamped windows (the path NATTEN 0.20
+  leaves to CPU users). Same function: outputs compared. Compiled once, before timing. Not in ``--quick``.
+- ``gather``: the pure-PyTorch formulation (``sparsevision.ops.reference.indexed_attention``: gather the keys and
+  values of every window, einsum, softmax). Same function: outputs compared.
+
+Voxel attention: ``SubMAttention3d`` (64 channels, 4 heads, 3x3x3 neighbourhood, a bias per offset) against
+``SubMConv3d`` 64->64 k3, forward, on the ray-cast street scene of ``sparse_conv.py`` (kernel map built before timing,
+shared by both). Another function: the row measures cost, not agreement.
+
+``ratio`` is ours/peer time: lower is better, below 1 means ours is faster (the median of per-round ratios; rounds
+alternate which side runs first, each side best of 3 repetitions; ``spread`` is their min-max). Follows
+``/work/shared/BENCHMARKS.md``.
+
+Usage::
+
+    python tools/benchmark/sparse_attention.py [--quick] [--threads 1 2] [--json PATH] [--device cpu|cuda]
+"""
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+from sparsevision.ops import na2d, reference
+from sparsevision.ops.neighborhood import window_arguments, window_index
+
+import protocol  # noqa: E402  (tools/benchmark/protocol.py, beside this script)
+from scenes import street_scene_or_stand_in  # noqa: E402  (tools/benchmark/scenes.py)
+
+KERNEL = 7
+SHAPES = [(56, 64, 2), (28, 128, 4)]   # (side, channels, heads)
+REPETITIONS = 3
+TOLERANCE = 1e-4   # max abs difference of outputs and gradients, float32
+
+
+@dataclass
+class Case:
+    name: str
+    ours: Callable[[], tuple]
+    peer: Callable[[], tuple]
+    same_function: bool
+
+
+def window_attention(query, key, value):
+    """Swin-style attention inside non-overlapping KERNEL x KERNEL windows of ``[B, H, W, heads, D]`` tensors."""
+    batch, side, _, heads, dim = query.shape
+    windows = side // KERNEL
+
+    def split(tensor):
+        tensor = tensor.reshape(batch, windows, KERNEL, windows, KERNEL, heads, dim)
+        return tensor.permute(0, 1, 3, 5, 2, 4, 6).reshape(-1, heads, KERNEL * KERNEL, dim)
+
+    out = F.scaled_dot_product_attention(split(query), split(key), split(value))
+    out = out.reshape(batch, windows, windows, heads, KERNEL, KERNEL, dim).permute(0, 1, 4, 2, 5, 3, 6)
+    return out.reshape(batch, side, side, heads, dim)
+
+
+def gather_attention(query, key, value):
+    """NA in plain PyTorch: the reference of the indexed-attention op on the same window index."""
+    batch, side, _, heads, dim = query.shape
+    grid = (side, side)
+    index, _ = window_index(grid, *window_arguments(grid, KERNEL, 1, False), batch, query.device)
+    rows = batch * side * side
+    out, _ = reference.indexed_attention(query.reshape(rows, heads, dim), key.reshape(rows, heads, dim),
+                                         value.reshape(rows, heads, dim), index, None, dim ** -0.5)
+    return out.reshape(query.shape)
+
+
+def flex_neighborhood_attention(side: int):
+    """``torch.compile(flex_attention)`` with NA's clamped 7x7 window as its block mask, on ``[B, heads, N, D]``."""
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    def in_window(batch, head, query, key):
+        query_row, query_column, key_row, key_column = query // side, query % side, key // side, key % side
+        row_start = torch.clamp(query_row - KERNEL // 2, 0, side - KERNEL)
+        column_start = torch.clamp(query_column - KERNEL // 2, 0, side - KERNEL)
+        return ((key_row >= row_start) & (key_row < row_start + KERNEL) & (key_column >= column_start)
+                & (key_column < column_start + KERNEL))
+
+    mask = create_block_mask(in_window, None, None, side * side, side * side, device='cpu')
+    compiled = torch.compile(flex_attention, dynamic=False)
+
+    def attend(query, key, value):
+        batch, _, _, heads, dim = query.shape
+        flat = [tensor.reshape(batch, side * side, heads, dim).transpose(1, 2) for tensor in (query, key, value)]
+        return compiled(*flat, block_mask=mask).transpose(1, 2).reshape(query.shape)
+
+    return attend
+
+
+def forward_backward(attention, tensors, grad):
+    out = attention(*tensors)
+    return (out, *torch.autograd.grad(out, tensors, grad))
+
+
+def make_cases(side, channels, heads, quick):
+    generator = torch.Generator().manual_seed(side)
+    dim = channels // heads
+    tensors = [torch.randn(1, side, side, heads, dim, generator=generator).requires_grad_() for _ in range(3)]
+    grad = torch.randn(1, side, side, heads, dim, generator=generator)
+    shape = f'{side}x{side} C={channels} heads={heads} k={KERNEL}'
+
+    def ours(*arguments):
+        return na2d(*arguments, KERNEL)
+
+    peers = [('window', window_attention, False), ('gather', gather_attention, True)]
+    if not quick:
+        peers.insert(1, ('flex', flex_neighborhood_attention(side), True))
+    cases = []
+    for label, peer, same in peers:
+        cases.append(Case(f'NA fwd vs {label}, {shape}', lambda: (ours(*tensors).detach(),),
+                          lambda peer=peer: (peer(*tensors).detach(),), same))
+        cases.append(Case(f'NA fwd+bwd vs {label}, {shape}', lambda: forward_backward(ours, tensors, grad),
+                          lambda peer=peer: forward_backward(peer, tensors, grad), same))
+    return cases
+
+
+def voxel_attention_case():
+    """SubMAttention3d against SubMConv3d 64->64 on the street scene, forward, the shared kernel map built first."""
+    from sparsevision.sparse import SparseTensor, SubMAttention3d, SubMConv3d
+
+    sites, note = street_scene_or_stand_in()
+    features = torch.randn(sites.indices.shape[0], 64, generator=torch.Generator().manual_seed(0))
+    x = SparseTensor(features, sites.indices, sites.spatial_shape, 1)
+    attention, convolution = SubMAttention3d(64, 4).eval(), SubMConv3d(64, 64, 3).eval()
+    with torch.no_grad():
+        convolution(x)   # builds the map both layers use
+
+    def run(layer):
+        with torch.no_grad():
+            return (layer(x).features,)
+
+    return Case(f'voxel attention (SubMAttention3d 64ch 4 heads k3) fwd vs SubMConv3d 64->64 fwd, {sites.label} '
+                f'({note.split(" (")[0]})', lambda: run(attention), lambda: run(convolution), False)
+
+
+def calls_for(function, target_s: float) -> int:
+    calls, start = 0, time.perf_counter()
+    while calls < 2 or time.perf_counter() - start < 0.05:
+        function()
+        calls += 1
+    return max(1, round(target_s / ((time.perf_counter() - start) / calls)))
+
+
+def max_abs_diff(ours, peer) -> Optional[float]:
+    return max((a.detach() - b.detach()).abs().max().item() for a, b in zip(ours, peer, strict=True))
+
+
+def run_case(case: Case, threads: int, rounds: int, target_s: float, device: str) -> dict:
+    torch.set_num_threads(threads)
+    difference = max_abs_diff(case.ours(), case.peer()) if case.same_function else None
+    ours_calls, peer_calls = calls_for(case.ours, target_s), calls_for(case.peer, target_s)
+    ratios, ours_times, peer_times = [], [], []
+    for number in range(rounds):
+        sides = [(case.ours, ours_calls, ours_times), (case.peer, peer_calls, peer_times)]
+        for function, calls, times in (sides if number % 2 == 0 else sides[::-1]):
+            times.append(protocol.best_time(function, calls, REPETITIONS, device))
+        ratios.append(ours_times[-1] / peer_times[-1])
+    return {'case': f'{case.name}, {threads} thread{"s" if threads > 1 else ""} (time)', 'threads': threads,
+            'ours_ms': 1e3 * statistics.median(ours_times), 'peer_ms': 1e3 * statistics.median(peer_times),
+            'ratio': statistics.median(ratios), 'rounds': ratios,
+            'match': None if difference is None else difference <= TOLERANCE, 'max_abs_diff': difference}
+
+
+def main():
+    parser = protocol.argument_parser(__doc__.splitlines()[0], 'the window and gather peers only, 3 rounds')
+    args = parser.parse_args()
+    if args.device != 'cpu':
+        sys.exit('--device cuda: the indexed-attention kernel has no CUDA kernel yet (the reference would run)')
+    print('sparse_attention benchmark' + (' (quick)' if args.quick else ''))
+    cpu, gpu = protocol.describe_machine(args.device, args.threads)
+    print(f'versions: torch {torch.__version__}; float32, batch 1; match = max abs diff <= {TOLERANCE:g} (outputs '
+          'and gradients), "-" where the peer computes another function; ratio = ours/peer time (lower is better)\n')
+    started = time.perf_counter()
+    cases = [case for shape in SHAPES for case in make_cases(*shape, args.quick)] + [voxel_attention_case()]
+    rounds, target_s = (3, 0.1) if args.quick else (5, 0.3)
+    rows = [run_case(case, threads, rounds, target_s, args.device) for threads in args.threads for case in cases]
+    table = [[row['case'], f'{row["ours_ms"]:.2f}', f'{row["peer_ms"]:.2f}',
+              '-' if row['match'] is None else f'{"yes" if row["match"] else "NO"} ({row["max_abs_diff"]:.1e})',
+              f'{min(row["rounds"]):.2f}-{max(row["rounds"]):.2f}', f'{row["ratio"]:.2f}'] for row in rows]
+    protocol.print_table(['case', 'ours ms', 'peer ms', 'match', 'spread', 'ratio'], table)
+    print(f'\ntotal {time.perf_counter() - started:.0f} s')
+    if args.json:
+        protocol.write_json(args.json, 'sparse_attention', 'window attention (SDPA), flex_attention, torch gather',
+                            args.device, args.threads, cpu, gpu, rows)
+    if not all(row['match'] in (None, True) for row in rows):
+        sys.exit('outputs differ from a peer computing the same function')
+
+
+if __name__ == '__main__':
+    main()
