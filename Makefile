@@ -48,7 +48,7 @@ $(EXTENSION): $(VENV)/.installed $(NATIVE_SOURCES) setup.py
 build: $(EXTENSION)
 
 EMULATED_TESTS := tests/ops/test_cuda_sparse_kernels.py tests/ops/test_token_routing.py tests/ops/test_token_merge.py \
-	tests/ops/test_token_select.py
+	tests/ops/test_token_select.py tests/ops/test_indexed_attention.py
 # ASan must come first in the process, and its __cxa_throw interceptor needs libstdc++ loaded beside it.
 SANITIZER_PRELOAD = $(shell gcc -print-file-name=libasan.so) $(shell gcc -print-file-name=libstdc++.so)
 

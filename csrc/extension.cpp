@@ -106,9 +106,9 @@ PyObject* register_kernels(PyObject*, PyObject*) {
     }
 #ifdef WITH_CUDA
     torch::Library* cuda = library(c10::DispatchKey::CUDA);
-    for (auto kernels : {sparsevision::register_kernel_map_cuda, sparsevision::register_gather_gemm_conv_cuda,
-                         sparsevision::register_token_merge_cuda, sparsevision::register_token_routing_cuda,
-                         sparsevision::register_token_select_cuda}) {
+    for (auto kernels : {sparsevision::register_gather_gemm_conv_cuda, sparsevision::register_indexed_attention_cuda,
+                         sparsevision::register_kernel_map_cuda, sparsevision::register_token_merge_cuda,
+                         sparsevision::register_token_routing_cuda, sparsevision::register_token_select_cuda}) {
       kernels(*cuda);
     }
 #endif

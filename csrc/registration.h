@@ -18,6 +18,7 @@ void register_token_routing_cpu(torch::Library& m);
 void register_token_select_cpu(torch::Library& m);
 
 #ifdef WITH_CUDA
+void register_indexed_attention_cuda(torch::Library& m);
 void register_kernel_map_cuda(torch::Library& m);
 void register_gather_gemm_conv_cuda(torch::Library& m);
 void register_token_merge_cuda(torch::Library& m);

@@ -1,12 +1,13 @@
 // CPU kernels of sparsevision::indexed_attention and indexed_attention_backward.
 //
 // Each query attends to the keys its row of `index` names ([Nq, L] int32, -1 = empty slot), with an optional
-// additive bias per (query, head, slot) or per (head, slot) for every query. One thread owns a query: it scores the query's slots, takes the softmax
-// with the running maximum and writes the output and the log-sum-exp; no [queries, keys] matrix and no gathered copy
-// of the keys exists. The backward recomputes the probabilities from the log-sum-exp. Query gradients are summed per
-// query; key and value gradients per key, over the slots naming that key in (query, slot) order, found by a stable
-// counting sort of the index. So no float atomics, and the same input gives the same bits at any thread count.
-// Half and bfloat16 accumulate in float32.
+// additive bias per (query, head, slot) or per (head, slot) for every query. One thread owns a query: it scores the
+// query's occupied slots, takes the softmax against their maximum (exponentials vectorised, exponential.h) and writes
+// the output and the log-sum-exp; no [queries, keys] matrix and no gathered copy of the keys exists. Query, key and
+// value rows may be strided (views of one projection). The backward recomputes the probabilities from the
+// log-sum-exp. Query gradients are summed per query; key and value gradients per key, over the slots naming that key
+// in (query, slot) order, found by a stable counting sort of the index. So no float atomics, and the same input gives
+// the same bits at any thread count. Half and bfloat16 accumulate in float32.
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -17,8 +18,7 @@
 #include <limits>
 #include <vector>
 
-#include "../coordinates.h"
-#include "../devices.h"
+#include "../indexed_attention.h"
 #include "../registration.h"
 #include "exponential.h"
 #include "vectors.h"
@@ -37,16 +37,35 @@ inline Lanes8 load8(const float* source) {
   return value;
 }
 
-inline float sum_lanes(Lanes8 v) { return ((v[0] + v[4]) + (v[2] + v[6])) + ((v[1] + v[5]) + (v[3] + v[7])); }
+// The lanes' sum as a tree: ((0 + 1) + (2 + 3)) + ((4 + 5) + (6 + 7)), the order sum_lanes_of_8 keeps.
+inline float sum_lanes(Lanes8 v) { return ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7])); }
+
+// The lane sums of eight vectors at once, each in sum_lanes' order (so the same bits): three shuffle-and-add steps.
+inline Lanes8 sum_lanes_of_8(const Lanes8* v) {
+  Lanes8 pairs[4], quads[2];
+  for (int i = 0; i < 4; ++i) {
+    pairs[i] = __builtin_shufflevector(v[2 * i], v[2 * i + 1], 0, 8, 2, 10, 4, 12, 6, 14) +
+               __builtin_shufflevector(v[2 * i], v[2 * i + 1], 1, 9, 3, 11, 5, 13, 7, 15);
+  }
+  for (int i = 0; i < 2; ++i) {
+    quads[i] = __builtin_shufflevector(pairs[2 * i], pairs[2 * i + 1], 0, 1, 8, 9, 4, 5, 12, 13) +
+               __builtin_shufflevector(pairs[2 * i], pairs[2 * i + 1], 2, 3, 10, 11, 6, 7, 14, 15);
+  }
+  return __builtin_shufflevector(quads[0], quads[1], 0, 1, 2, 3, 8, 9, 10, 11) +
+         __builtin_shufflevector(quads[0], quads[1], 4, 5, 6, 7, 12, 13, 14, 15);
+}
+
+// Lane-wise partial sums of a . b (length a multiple of 8).
+inline Lanes8 lane_products(const float* a, const float* b, int64_t length) {
+  Lanes8 sums = {};
+  for (int64_t d = 0; d < length; d += kLanes8) sums += load8(a + d) * load8(b + d);
+  return sums;
+}
 
 template <typename scalar_t, typename acc_t>
 inline acc_t dot(const scalar_t* a, const scalar_t* b, int64_t length) {
   if constexpr (std::is_same_v<scalar_t, float>) {
-    if (length % kLanes8 == 0) {
-      Lanes8 sums = {};
-      for (int64_t d = 0; d < length; d += kLanes8) sums += load8(a + d) * load8(b + d);
-      return sum_lanes(sums);
-    }
+    if (length % kLanes8 == 0) return sum_lanes(lane_products(a, b, length));
   }
   acc_t sum = 0;
   for (int64_t d = 0; d < length; ++d) sum += acc_t(a[d]) * acc_t(b[d]);
@@ -68,42 +87,33 @@ inline void add_scaled(acc_t* target, acc_t weight, const scalar_t* source, int6
   for (int64_t d = 0; d < length; ++d) target[d] += weight * acc_t(source[d]);
 }
 
-struct AttentionShape {
-  int64_t queries, keys, heads, head_dim, value_dim, slots;
-  bool bias_per_query;
-
-  // Where the bias of (query, head) starts: biases are [queries or 1, heads, slots].
-  int64_t bias_offset(int64_t query, int64_t head) const {
-    return ((bias_per_query ? query : 0) * heads + head) * slots;
+// sums[d] = sum over c, in order, of weights[c] * table[rows[c] * stride + offset + d], d < length. Float rows of 8 to
+// 64 lanes keep the sums in registers (the same order, so the same bits as the loop through memory).
+template <int Vectors>
+inline void weighted_float_rows(float* sums, const float* weights, const int32_t* rows, int64_t count,
+                                const float* table, int64_t stride, int64_t offset) {
+  Lanes8 acc[Vectors] = {};
+  for (int64_t c = 0; c < count; ++c) {
+    const float* row = table + rows[c] * stride + offset;
+    for (int j = 0; j < Vectors; ++j) acc[j] += weights[c] * load8(row + j * kLanes8);
   }
-};
+  std::memcpy(sums, acc, sizeof(acc));
+}
 
-AttentionShape check_arguments(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
-                               const at::Tensor& index, const std::optional<at::Tensor>& bias, const char* op) {
-  TORCH_CHECK_VALUE(query.dim() == 3 && key.dim() == 3 && value.dim() == 3, op,
-                    ": query, key and value must be [rows, heads, head_dim], got ", query.sizes(), ", ", key.sizes(),
-                    " and ", value.sizes());
-  const AttentionShape shape{query.size(0), key.size(0),  query.size(1),
-                             query.size(2), value.size(2), index.size(1),
-                             bias && bias->size(0) != 1};
-  TORCH_CHECK_VALUE(key.size(1) == shape.heads && value.size(1) == shape.heads && key.size(2) == shape.head_dim &&
-                        value.size(0) == shape.keys, op, ": key ", key.sizes(), " and value ", value.sizes(),
-                    " do not fit query ", query.sizes(), " (same heads and head_dim, one value row per key)");
-  TORCH_CHECK_VALUE(key.scalar_type() == query.scalar_type() && value.scalar_type() == query.scalar_type(), op,
-                    ": query, key and value must share a dtype, got ", query.scalar_type(), ", ", key.scalar_type(),
-                    " and ", value.scalar_type());
-  TORCH_CHECK_VALUE(index.dim() == 2 && index.scalar_type() == at::kInt && index.size(0) == shape.queries, op,
-                    ": index must be int32 [queries, slots] with one row per query, got ", index.scalar_type(), " ",
-                    index.sizes());
-  if (bias) {
-    TORCH_CHECK_VALUE(bias->scalar_type() == query.scalar_type(), op, ": bias must have the dtype of query");
-    TORCH_CHECK_VALUE(bias->dim() == 3 && (bias->size(0) == shape.queries || bias->size(0) == 1) &&
-                          bias->size(1) == shape.heads && bias->size(2) == shape.slots, op,
-                      ": bias must be [queries or 1, heads, slots] = [", shape.queries, " or 1, ", shape.heads, ", ",
-                      shape.slots, "], got ", bias->sizes());
+template <typename scalar_t, typename acc_t>
+inline void weighted_rows(acc_t* sums, const acc_t* weights, const int32_t* rows, int64_t count,
+                          const scalar_t* table, int64_t stride, int64_t offset, int64_t length) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    switch (length) {
+      case 8: return weighted_float_rows<1>(sums, weights, rows, count, table, stride, offset);
+      case 16: return weighted_float_rows<2>(sums, weights, rows, count, table, stride, offset);
+      case 32: return weighted_float_rows<4>(sums, weights, rows, count, table, stride, offset);
+      case 64: return weighted_float_rows<8>(sums, weights, rows, count, table, stride, offset);
+      default: break;
+    }
   }
-  check_row_count(shape.keys, "key");
-  return shape;
+  std::fill(sums, sums + length, acc_t(0));
+  for (int64_t c = 0; c < count; ++c) add_scaled(sums, weights[c], table + rows[c] * stride + offset, length);
 }
 
 void check_index_range(const at::Tensor& index, int64_t keys, const char* op) {
@@ -126,20 +136,63 @@ int64_t occupied_slots(const int32_t* index, int64_t slots, int32_t* rows, int64
   return count;
 }
 
+// dots[c] = a . table[rows[c] * stride + offset ...] (length entries each), for c < count.
+template <typename scalar_t, typename acc_t>
+inline void row_dots(const scalar_t* a, const scalar_t* table, const int32_t* rows, int64_t count, int64_t stride,
+                     int64_t offset, int64_t length, acc_t* dots) {
+  int64_t c = 0;
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (length % kLanes8 == 0) {   // eight rows at a time, their lane sums reduced together
+      for (; c + kLanes8 <= count; c += kLanes8) {
+        Lanes8 products[kLanes8];
+        for (int j = 0; j < kLanes8; ++j) products[j] = lane_products(a, table + rows[c + j] * stride + offset, length);
+        const Lanes8 sums = sum_lanes_of_8(products);
+        std::memcpy(dots + c, &sums, sizeof(sums));
+      }
+    }
+  }
+  for (; c < count; ++c) dots[c] = dot<scalar_t, acc_t>(a, table + rows[c] * stride + offset, length);
+}
+
 // scores[c] = scale * q . key[rows[c]] + bias[positions[c]] for one head; returns their maximum.
 template <typename scalar_t, typename acc_t>
 inline acc_t score(const scalar_t* q, const scalar_t* key, const int32_t* rows, const int64_t* positions,
                    int64_t count, const scalar_t* bias, const AttentionShape& shape, int64_t head, acc_t scale,
                    acc_t* scores) {
+  row_dots(q, key, rows, count, shape.key_stride, head * shape.head_dim, shape.head_dim, scores);
   acc_t largest = -std::numeric_limits<acc_t>::infinity();
-  const int64_t key_stride = shape.heads * shape.head_dim;
   for (int64_t c = 0; c < count; ++c) {
-    scores[c] = scale * dot<scalar_t, acc_t>(q, key + rows[c] * key_stride + head * shape.head_dim, shape.head_dim);
+    scores[c] *= scale;
     if (bias) scores[c] += acc_t(bias[positions[c]]);
     largest = std::max(largest, scores[c]);
   }
   return largest;
 }
+
+// One thread's view of a query: its occupied slots (key rows and slot positions) and their scores per head.
+template <typename scalar_t, typename acc_t>
+struct QuerySlots {
+  const AttentionShape& shape;
+  const scalar_t *query, *key, *bias;
+  std::vector<int32_t> rows;
+  std::vector<int64_t> positions;
+  int64_t count = 0;
+
+  QuerySlots(const AttentionShape& shape_in, const scalar_t* query_in, const scalar_t* key_in,
+             const scalar_t* bias_in)
+      : shape(shape_in), query(query_in), key(key_in), bias(bias_in), rows(shape_in.slots),
+        positions(shape_in.slots) {}
+
+  void load(const int32_t* index, int64_t q) {
+    count = occupied_slots(index + q * shape.slots, shape.slots, rows.data(), positions.data());
+  }
+
+  // scores[c] for head h of query q (after load(index, q)); returns their maximum.
+  acc_t scores(int64_t q, int64_t h, acc_t scale, acc_t* out) const {
+    return score(query + q * shape.query_stride + h * shape.head_dim, key, rows.data(), positions.data(), count,
+                 bias ? bias + shape.bias_offset(q, h) : nullptr, shape, h, scale, out);
+  }
+};
 
 template <typename scalar_t>
 SV_VECTOR_CLONES void attend(const scalar_t* query, const scalar_t* key, const scalar_t* value, const int32_t* index,
@@ -148,23 +201,19 @@ SV_VECTOR_CLONES void attend(const scalar_t* query, const scalar_t* key, const s
   using acc_t = at::opmath_type<scalar_t>;
   const acc_t scale = static_cast<acc_t>(scale_in);
   std::vector<acc_t> weights(shape.slots), sums(shape.value_dim);
-  std::vector<int32_t> rows(shape.slots);
-  std::vector<int64_t> positions(shape.slots);
-  const int64_t value_stride = shape.heads * shape.value_dim;
+  QuerySlots<scalar_t, acc_t> slots(shape, query, key, bias);
+  const int32_t* rows = slots.rows.data();
   for (int64_t q = begin; q < end; ++q) {
-    const int64_t count = occupied_slots(index + q * shape.slots, shape.slots, rows.data(), positions.data());
+    slots.load(index, q);
+    const int64_t count = slots.count;
     for (int64_t h = 0; h < shape.heads; ++h) {
       const int64_t row = q * shape.heads + h;
-      const acc_t largest = score(query + row * shape.head_dim, key, rows.data(), positions.data(), count,
-                                  bias ? bias + shape.bias_offset(q, h) : nullptr, shape, h, scale,
-                                  weights.data());
+      const acc_t largest = slots.scores(q, h, scale, weights.data());
       for (int64_t c = 0; c < count; ++c) weights[c] = exp_nonpositive(weights[c] - largest);  // vectorised
       acc_t total = 0;
       for (int64_t c = 0; c < count; ++c) total += weights[c];
-      std::fill(sums.begin(), sums.end(), acc_t(0));
-      for (int64_t c = 0; c < count; ++c) {
-        add_scaled(sums.data(), weights[c], value + rows[c] * value_stride + h * shape.value_dim, shape.value_dim);
-      }
+      weighted_rows(sums.data(), weights.data(), rows, count, value, shape.value_stride, h * shape.value_dim,
+                    shape.value_dim);
       scalar_t* target = out + row * shape.value_dim;
       const acc_t inverse = count ? acc_t(1) / total : acc_t(0);
       for (int64_t d = 0; d < shape.value_dim; ++d) target[d] = static_cast<scalar_t>(sums[d] * inverse);
@@ -176,10 +225,9 @@ SV_VECTOR_CLONES void attend(const scalar_t* query, const scalar_t* key, const s
 std::tuple<at::Tensor, at::Tensor> indexed_attention_cpu(const at::Tensor& query_in, const at::Tensor& key_in,
                                                          const at::Tensor& value_in, const at::Tensor& index_in,
                                                          const std::optional<at::Tensor>& bias_in, double scale) {
-  const AttentionShape shape = check_arguments(query_in, key_in, value_in, index_in, bias_in, "indexed_attention");
-  check_same_device("indexed_attention", {{"query", query_in}, {"key", key_in}, {"value", value_in},
-                                          {"index", index_in}});
-  const at::Tensor query = query_in.contiguous(), key = key_in.contiguous(), value = value_in.contiguous();
+  AttentionShape shape = check_arguments(query_in, key_in, value_in, index_in, bias_in, "indexed_attention");
+  const at::Tensor query = packed_rows(query_in), key = packed_rows(key_in), value = packed_rows(value_in);
+  shape.set_row_strides(query, key, value);
   const at::Tensor index = index_in.contiguous();
   const at::Tensor bias = bias_in ? bias_in->contiguous() : at::Tensor();
   check_index_range(index, shape.keys, "indexed_attention");
@@ -206,33 +254,31 @@ SV_VECTOR_CLONES void query_gradients(const scalar_t* grad_out, const scalar_t* 
   using acc_t = at::opmath_type<scalar_t>;
   const acc_t scale = static_cast<acc_t>(scale_in);
   std::vector<acc_t> p(shape.slots), dp(shape.slots), sums(shape.head_dim);
-  std::vector<int32_t> rows(shape.slots);
-  std::vector<int64_t> positions(shape.slots);
-  const int64_t key_stride = shape.heads * shape.head_dim, value_stride = shape.heads * shape.value_dim;
+  QuerySlots<scalar_t, acc_t> slots(shape, query, key, bias);
+  const int32_t* rows = slots.rows.data();
+  const int64_t* positions = slots.positions.data();
   for (int64_t q = begin; q < end; ++q) {
-    const int64_t count = occupied_slots(index + q * shape.slots, shape.slots, rows.data(), positions.data());
+    slots.load(index, q);
+    const int64_t count = slots.count;
     for (int64_t h = 0; h < shape.heads; ++h) {
       const int64_t row = q * shape.heads + h;
-      score(query + row * shape.head_dim, key, rows.data(), positions.data(), count,
-            bias ? bias + shape.bias_offset(q, h) : nullptr, shape, h, scale, p.data());
+      slots.scores(q, h, scale, p.data());
       for (int64_t c = 0; c < count; ++c) p[c] = exp_nonpositive(p[c] - lse[row]);  // vectorised
       const scalar_t* go = grad_out + row * shape.value_dim;
+      row_dots(go, value, rows, count, shape.value_stride, h * shape.value_dim, shape.value_dim, dp.data());
       acc_t delta = 0;   // sum_c p_c dp_c
-      for (int64_t c = 0; c < count; ++c) {
-        dp[c] = dot<scalar_t, acc_t>(go, value + rows[c] * value_stride + h * shape.value_dim, shape.value_dim);
-        delta += p[c] * dp[c];
-      }
+      for (int64_t c = 0; c < count; ++c) delta += p[c] * dp[c];
       acc_t* slot_probs = probs + row * shape.slots;
       acc_t* slot_grads = grad_scores + row * shape.slots;
       std::fill(slot_probs, slot_probs + shape.slots, acc_t(0));
       std::fill(slot_grads, slot_grads + shape.slots, acc_t(0));
-      std::fill(sums.begin(), sums.end(), acc_t(0));
       for (int64_t c = 0; c < count; ++c) {
-        const acc_t ds = p[c] * (dp[c] - delta);
+        dp[c] = p[c] * (dp[c] - delta);   // the score gradient
         slot_probs[positions[c]] = p[c];
-        slot_grads[positions[c]] = ds;
-        add_scaled(sums.data(), ds, key + rows[c] * key_stride + h * shape.head_dim, shape.head_dim);
+        slot_grads[positions[c]] = dp[c];
       }
+      weighted_rows(sums.data(), dp.data(), rows, count, key, shape.key_stride, h * shape.head_dim,
+                    shape.head_dim);
       scalar_t* gq = grad_query + row * shape.head_dim;
       for (int64_t d = 0; d < shape.head_dim; ++d) gq[d] = static_cast<scalar_t>(scale * sums[d]);
     }
@@ -259,7 +305,7 @@ SV_VECTOR_CLONES void key_gradients(const scalar_t* grad_out, const scalar_t* qu
       for (int64_t h = 0; h < shape.heads; ++h) {
         const int64_t row = q * shape.heads + h;
         add_scaled(key_sums.data() + h * shape.head_dim, grad_scores[row * shape.slots + l],
-                   query + row * shape.head_dim, shape.head_dim);
+                   query + q * shape.query_stride + h * shape.head_dim, shape.head_dim);
         add_scaled(value_sums.data() + h * shape.value_dim, probs[row * shape.slots + l],
                    grad_out + row * shape.value_dim, shape.value_dim);
       }
@@ -307,23 +353,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> indexed_attention_bac
     const at::Tensor& index_in, const std::optional<at::Tensor>& bias_in, const at::Tensor& /*out*/,
     const at::Tensor& lse_in, double scale) {
   const char* op = "indexed_attention_backward";
-  const AttentionShape shape = check_arguments(query_in, key_in, value_in, index_in, bias_in, op);
-  TORCH_CHECK_VALUE(grad_out_in.sizes() == at::IntArrayRef({shape.queries, shape.heads, shape.value_dim}) &&
-                        lse_in.sizes() == at::IntArrayRef({shape.queries, shape.heads}), op,
-                    ": grad_out must be [queries, heads, value_dim] and lse [queries, heads]");
-  TORCH_CHECK_VALUE(grad_out_in.scalar_type() == query_in.scalar_type() &&
-                        lse_in.scalar_type() == at::toOpMathType(query_in.scalar_type()), op,
-                    ": grad_out must have the dtype of query, lse its accumulation dtype");
-  check_same_device(op, {{"grad_out", grad_out_in}, {"query", query_in}, {"key", key_in}, {"value", value_in},
-                         {"index", index_in}, {"lse", lse_in}});
-  const at::Tensor grad_out = grad_out_in.contiguous(), query = query_in.contiguous(), key = key_in.contiguous();
-  const at::Tensor value = value_in.contiguous(), index = index_in.contiguous(), lse = lse_in.contiguous();
+  AttentionShape shape = check_backward_arguments(grad_out_in, query_in, key_in, value_in, index_in, bias_in, lse_in);
+  const at::Tensor query = packed_rows(query_in), key = packed_rows(key_in), value = packed_rows(value_in);
+  shape.set_row_strides(query, key, value);
+  const at::Tensor grad_out = grad_out_in.contiguous(), index = index_in.contiguous(), lse = lse_in.contiguous();
   const at::Tensor bias = bias_in ? bias_in->contiguous() : at::Tensor();
   check_index_range(index, shape.keys, op);
   const auto acc_dtype = at::toOpMathType(query.scalar_type());
   at::Tensor probs = at::empty({shape.queries, shape.heads, shape.slots}, query.options().dtype(acc_dtype));
   at::Tensor grad_scores = at::empty_like(probs);
-  at::Tensor grad_query = at::empty_like(query), grad_key = at::empty_like(key), grad_value = at::empty_like(value);
+  at::Tensor grad_query = at::empty({shape.queries, shape.heads, shape.head_dim}, query.options());
+  at::Tensor grad_key = at::empty({shape.keys, shape.heads, shape.head_dim}, query.options());
+  at::Tensor grad_value = at::empty({shape.keys, shape.heads, shape.value_dim}, query.options());
   const auto [offsets, positions] = slots_by_key(index, shape.keys);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, query.scalar_type(), "indexed_attention_backward_cpu",
                                   [&] {

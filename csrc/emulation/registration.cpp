@@ -14,9 +14,9 @@ int64_t launch_count() { return sv_emulation::launches.load(); }
 TORCH_LIBRARY_FRAGMENT(sv_emu, m) { m.def("launch_count() -> int", &launch_count); }
 
 TORCH_LIBRARY_IMPL(sv_emu, CPU, m) {
-  for (auto kernels : {sparsevision::register_kernel_map_cuda, sparsevision::register_gather_gemm_conv_cuda,
-                       sparsevision::register_token_merge_cuda, sparsevision::register_token_routing_cuda,
-                       sparsevision::register_token_select_cuda}) {
+  for (auto kernels : {sparsevision::register_gather_gemm_conv_cuda, sparsevision::register_indexed_attention_cuda,
+                       sparsevision::register_kernel_map_cuda, sparsevision::register_token_merge_cuda,
+                       sparsevision::register_token_routing_cuda, sparsevision::register_token_select_cuda}) {
     kernels(m);
   }
 }

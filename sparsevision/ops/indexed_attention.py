@@ -3,8 +3,9 @@
 One op behind attention over a window of a grid (neighbourhood attention), over routed regions (BiFormer), over
 per-query key lists (Sparsifiner) and over the neighbours a kernel map names (attention on sparse voxels). Keys are
 read through the index, never copied: no ``[queries, keys]`` score matrix and no gathered key or value tensor exists.
-The backward is deterministic (sums in a fixed order, no float atomics). The native kernel is CPU
-(``csrc/cpu/indexed_attention.cpp``); elsewhere the reference in :mod:`sparsevision.ops.reference` runs.
+The backward is deterministic (sums in a fixed order, no float atomics). Native kernels: CPU
+(``csrc/cpu/indexed_attention.cpp``) and CUDA (``csrc/cuda/indexed_attention.cu``); without the extension the
+reference in :mod:`sparsevision.ops.reference` runs.
 """
 from typing import Optional, Tuple
 

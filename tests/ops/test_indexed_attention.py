@@ -187,3 +187,85 @@ def test_the_native_op_checks_its_index_itself():
     index[2, 1] = 11
     with pytest.raises(ValueError, match='index entries must be -1 .* got 11 at query 2, slot 1'):
         OP(query, key, value, index, bias, 1.0)
+
+
+BACKWARD = torch.ops.sparsevision.indexed_attention_backward.default
+
+
+def kernel_results(inputs, scale, grad_out):
+    out, lse = OP(*inputs, scale)
+    return (out, lse, *BACKWARD(grad_out, *inputs, out, lse, scale))
+
+
+@pytest.mark.parametrize('case', list(adversarial_indices(11)) + ['random'])
+@pytest.mark.parametrize('bias_kind', [None, 'per query', 'shared'])
+def test_cuda_kernels_equal_the_cpu_kernels(cuda_backend, case, bias_kind):
+    for dtype, tolerance in ((torch.float32, 1e-5), (torch.float64, 1e-12)):
+        query, key, value, index, bias = random_inputs(queries=30, keys=11, slots=8, dtype=dtype, seed=9)
+        if case != 'random':
+            query, index, bias = query[:3], adversarial_indices(11)[case], bias[:3]
+        slots = index.shape[1]
+        bias = {None: None, 'per query': torch.randn(query.shape[0], 2, slots, dtype=dtype),
+                'shared': torch.randn(1, 2, slots, dtype=dtype)}[bias_kind]
+        inputs = (query, key, value, index, bias)
+        grad_out = torch.randn(query.shape[0], 2, 3, dtype=dtype)
+        expected = kernel_results(inputs, 0.4, grad_out)
+        with cuda_backend:
+            got = kernel_results(tuple(None if t is None else cuda_backend.to(t) for t in inputs), 0.4,
+                                 cuda_backend.to(grad_out))
+        for name, got_tensor, want in zip(['out', 'lse', 'query', 'key', 'value', 'bias'], got, expected):
+            torch.testing.assert_close(got_tensor.cpu(), want, rtol=tolerance, atol=tolerance, msg=name)
+
+
+def test_cuda_kernels_are_reproducible_and_read_bad_entries_as_empty(cuda_backend):
+    query, key, value, index, bias = random_inputs(queries=40, keys=20, heads=3, head_dim=8, value_dim=8, slots=9,
+                                                   dtype=torch.float32, seed=10)
+    grad_out = torch.randn(40, 3, 8)
+    corrupted = index.clone()
+    corrupted[index < 0] = torch.tensor([20, -7, 2**30], dtype=torch.int32).repeat(40 * 9)[:int((index < 0).sum())]
+    moved = [cuda_backend.to(t) for t in (query, key, value)]
+    with cuda_backend:
+        first = kernel_results((*moved, cuda_backend.to(index), cuda_backend.to(bias)), 0.3, cuda_backend.to(grad_out))
+        again = kernel_results((*moved, cuda_backend.to(index), cuda_backend.to(bias)), 0.3, cuda_backend.to(grad_out))
+        bad = kernel_results((*moved, cuda_backend.to(corrupted), cuda_backend.to(bias)), 0.3,
+                             cuda_backend.to(grad_out))
+    for a, b, c in zip(first, again, bad):
+        assert torch.equal(a, b) and torch.equal(a, c)
+
+
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16], ids=str)
+def test_cuda_reduced_precision_accumulates_in_float32(cuda_backend, dtype):
+    inputs = random_inputs(queries=20, keys=15, heads=2, head_dim=32, value_dim=16, slots=10, dtype=dtype, seed=11)
+    with cuda_backend:
+        out, lse = OP(*(None if t is None else cuda_backend.to(t) for t in inputs), 0.2)
+    exact_out, exact_lse = reference.indexed_attention(*(t.double() if t.is_floating_point() else t for t in inputs),
+                                                       0.2)
+    assert out.dtype == dtype and lse.dtype == torch.float32
+    torch.testing.assert_close(lse.cpu(), exact_lse.float(), rtol=1e-4, atol=1e-4)
+    assert ((out.cpu().double() - exact_out).abs() <= exact_out.abs() * 2 * torch.finfo(dtype).eps + 1e-6).all()
+
+
+def strided_views(inputs):
+    """query, key and value as views: unbound from one [rows, 3, H, D] projection (strided rows, read in place), and
+    as transposed copies (not packed: the kernels copy them)."""
+    query, key, value, index, bias = inputs
+    packed = torch.stack([query, key, value], dim=1)
+    unbound = packed.unbind(dim=1)
+    transposed = [t.transpose(1, 2).contiguous().transpose(1, 2) for t in (query, key, value)]
+    return (*unbound, index, bias), (*transposed, index, bias)
+
+
+def test_strided_rows_give_the_same_bits(cuda_backend):
+    inputs = random_inputs(queries=25, keys=25, heads=3, head_dim=8, value_dim=8, slots=6, dtype=torch.float32,
+                           seed=12)
+    grad_out = torch.randn(25, 3, 8)
+    expected = kernel_results(inputs, 0.5, grad_out)
+    for variant in strided_views(inputs):
+        for got, want in zip(kernel_results(variant, 0.5, grad_out), expected):
+            assert torch.equal(got, want)
+    with cuda_backend:
+        on_device = kernel_results(tuple(None if t is None else cuda_backend.to(t) for t in inputs), 0.5,
+                                   cuda_backend.to(grad_out))
+        for variant in strided_views(tuple(None if t is None else cuda_backend.to(t) for t in inputs)):
+            for got, want in zip(kernel_results(variant, 0.5, cuda_backend.to(grad_out)), on_device):
+                assert torch.equal(got, want)

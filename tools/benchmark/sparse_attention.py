@@ -7,9 +7,15 @@ gradients of query, key and value). Peers, each in its own row:
 - ``window``: Swin-style window attention (7x7 non-overlapping windows, ``scaled_dot_product_attention`` per window),
   the cost bar NA is held to. It is another function, so its outputs are not compared (``match`` is ``-``).
 - ``flex``: ``torch.compile(flex_attention)`` with a block mask of the same clamped windows (the path NATTEN 0.20
-  leaves to CPU users). Same function: outputs compared. Compiled once, before timing. Not in ``--quick``.
+  leaves to CPU users). Same function: outputs compared. Compiled once, before timing. Not in ``--quick``; forward
+  only on CPU (flex_attention has no CPU backward).
 - ``gather``: the pure-PyTorch formulation (``sparsevision.ops.reference.indexed_attention``: gather the keys and
   values of every window, einsum, softmax). Same function: outputs compared.
+
+BiFormer: ``BiLevelRoutingAttention`` at its stage-1 (56x56, C=64, 2 heads, 7x7 regions, top-1) and stage-2
+(28x28, C=128, 4 heads, top-4) shapes against the official formulation (``gathered_routing_attention``: the routed
+regions' keys and values gathered into per-region copies, then dense attention; written from the paper), same
+weights: outputs compared.
 
 Voxel attention: ``SubMAttention3d`` (64 channels, 4 heads, 3x3x3 neighbourhood, a bias per offset) against
 ``SubMConv3d`` 64->64 k3, forward, on the ray-cast street scene of ``sparse_conv.py`` (kernel map built before timing,
@@ -40,6 +46,7 @@ from scenes import street_scene_or_stand_in  # noqa: E402  (tools/benchmark/scen
 
 KERNEL = 7
 SHAPES = [(56, 64, 2), (28, 128, 4)]   # (side, channels, heads)
+ROUTING_SHAPES = [(56, 64, 2, 1), (28, 128, 4, 4)]   # BiFormer stages 1 and 2: (side, channels, heads, topk)
 REPETITIONS = 3
 TOLERANCE = 1e-4   # max abs difference of outputs and gradients, float32
 
@@ -77,7 +84,7 @@ def gather_attention(query, key, value):
     return out.reshape(query.shape)
 
 
-def flex_neighborhood_attention(side: int):
+def flex_neighborhood_attention(side: int, device: str):
     """``torch.compile(flex_attention)`` with NA's clamped 7x7 window as its block mask, on ``[B, heads, N, D]``."""
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
@@ -88,7 +95,7 @@ def flex_neighborhood_attention(side: int):
         return ((key_row >= row_start) & (key_row < row_start + KERNEL) & (key_column >= column_start)
                 & (key_column < column_start + KERNEL))
 
-    mask = create_block_mask(in_window, None, None, side * side, side * side, device='cpu')
+    mask = create_block_mask(in_window, None, None, side * side, side * side, device=device)
     compiled = torch.compile(flex_attention, dynamic=False)
 
     def attend(query, key, value):
@@ -104,11 +111,12 @@ def forward_backward(attention, tensors, grad):
     return (out, *torch.autograd.grad(out, tensors, grad))
 
 
-def make_cases(side, channels, heads, quick):
+def make_cases(side, channels, heads, quick, device):
     generator = torch.Generator().manual_seed(side)
     dim = channels // heads
-    tensors = [torch.randn(1, side, side, heads, dim, generator=generator).requires_grad_() for _ in range(3)]
-    grad = torch.randn(1, side, side, heads, dim, generator=generator)
+    tensors = [torch.randn(1, side, side, heads, dim, generator=generator).to(device).requires_grad_()
+               for _ in range(3)]
+    grad = torch.randn(1, side, side, heads, dim, generator=generator).to(device)
     shape = f'{side}x{side} C={channels} heads={heads} k={KERNEL}'
 
     def ours(*arguments):
@@ -116,24 +124,55 @@ def make_cases(side, channels, heads, quick):
 
     peers = [('window', window_attention, False), ('gather', gather_attention, True)]
     if not quick:
-        peers.insert(1, ('flex', flex_neighborhood_attention(side), True))
+        peers.insert(1, ('flex', flex_neighborhood_attention(side, device), True))
+    plain = [tensor.detach() for tensor in tensors]
     cases = []
     for label, peer, same in peers:
-        cases.append(Case(f'NA fwd vs {label}, {shape}', lambda: (ours(*tensors).detach(),),
-                          lambda peer=peer: (peer(*tensors).detach(),), same))
+        cases.append(Case(f'NA fwd vs {label}, {shape}', lambda: (ours(*plain),), lambda peer=peer: (peer(*plain),),
+                          same))
+        if label == 'flex' and device == 'cpu':
+            continue   # flex_attention has no CPU backward
         cases.append(Case(f'NA fwd+bwd vs {label}, {shape}', lambda: forward_backward(ours, tensors, grad),
                           lambda peer=peer: forward_backward(peer, tensors, grad), same))
     return cases
 
 
-def voxel_attention_case():
+def routing_attention_cases(side, channels, heads, topk, device):
+    """BiLevelRoutingAttention against the gathered formulation, forward and forward+backward."""
+    from sparsevision.models.layers import BiLevelRoutingAttention
+    from sparsevision.models.layers.routing_attention import gathered_routing_attention
+
+    torch.manual_seed(side)
+    layer = BiLevelRoutingAttention(channels, num_heads=heads, n_win=7, topk=topk).to(device)
+    x = torch.randn(1, side, side, channels, device=device, requires_grad=True)
+    grad = torch.randn(1, side, side, channels, device=device)
+    shape = f'{side}x{side} C={channels} heads={heads} 7x7 regions top-{topk}'
+
+    def peer(t):
+        return gathered_routing_attention(layer, t)
+
+    def train_step(attention):
+        out = attention(x)
+        return (out, *torch.autograd.grad(out, [x, *layer.parameters()], grad))
+
+    def inference(attention):
+        with torch.no_grad():
+            return (attention(x),)
+
+    return [Case(f'BiFormer routing attention fwd vs gather, {shape}', lambda: inference(layer),
+                 lambda: inference(peer), True),
+            Case(f'BiFormer routing attention fwd+bwd vs gather, {shape}', lambda: train_step(layer),
+                 lambda: train_step(peer), True)]
+
+
+def voxel_attention_case(device):
     """SubMAttention3d against SubMConv3d 64->64 on the street scene, forward, the shared kernel map built first."""
     from sparsevision.sparse import SparseTensor, SubMAttention3d, SubMConv3d
 
     sites, note = street_scene_or_stand_in()
     features = torch.randn(sites.indices.shape[0], 64, generator=torch.Generator().manual_seed(0))
-    x = SparseTensor(features, sites.indices, sites.spatial_shape, 1)
-    attention, convolution = SubMAttention3d(64, 4).eval(), SubMConv3d(64, 64, 3).eval()
+    x = SparseTensor(features.to(device), sites.indices.to(device), sites.spatial_shape, 1)
+    attention, convolution = SubMAttention3d(64, 4).to(device).eval(), SubMConv3d(64, 64, 3).to(device).eval()
     with torch.no_grad():
         convolution(x)   # builds the map both layers use
 
@@ -145,11 +184,12 @@ def voxel_attention_case():
                 f'({note.split(" (")[0]})', lambda: run(attention), lambda: run(convolution), False)
 
 
-def calls_for(function, target_s: float) -> int:
+def calls_for(function, target_s: float, device: str) -> int:
     calls, start = 0, time.perf_counter()
     while calls < 2 or time.perf_counter() - start < 0.05:
         function()
         calls += 1
+    protocol.synchronize(device)
     return max(1, round(target_s / ((time.perf_counter() - start) / calls)))
 
 
@@ -160,7 +200,7 @@ def max_abs_diff(ours, peer) -> Optional[float]:
 def run_case(case: Case, threads: int, rounds: int, target_s: float, device: str) -> dict:
     torch.set_num_threads(threads)
     difference = max_abs_diff(case.ours(), case.peer()) if case.same_function else None
-    ours_calls, peer_calls = calls_for(case.ours, target_s), calls_for(case.peer, target_s)
+    ours_calls, peer_calls = calls_for(case.ours, target_s, device), calls_for(case.peer, target_s, device)
     ratios, ours_times, peer_times = [], [], []
     for number in range(rounds):
         sides = [(case.ours, ours_calls, ours_times), (case.peer, peer_calls, peer_times)]
@@ -176,14 +216,15 @@ def run_case(case: Case, threads: int, rounds: int, target_s: float, device: str
 def main():
     parser = protocol.argument_parser(__doc__.splitlines()[0], 'the window and gather peers only, 3 rounds')
     args = parser.parse_args()
-    if args.device != 'cpu':
-        sys.exit('--device cuda: the indexed-attention kernel has no CUDA kernel yet (the reference would run)')
     print('sparse_attention benchmark' + (' (quick)' if args.quick else ''))
     cpu, gpu = protocol.describe_machine(args.device, args.threads)
-    print(f'versions: torch {torch.__version__}; float32, batch 1; match = max abs diff <= {TOLERANCE:g} (outputs '
-          'and gradients), "-" where the peer computes another function; ratio = ours/peer time (lower is better)\n')
+    print(f'versions: torch {torch.__version__}; float32, batch 1 (on CUDA: the correctness-first kernel, untiled); '
+          f'match = max abs diff <= {TOLERANCE:g} (outputs and gradients), "-" where the peer computes another '
+          'function; ratio = ours/peer time (lower is better)\n')
     started = time.perf_counter()
-    cases = [case for shape in SHAPES for case in make_cases(*shape, args.quick)] + [voxel_attention_case()]
+    cases = ([case for shape in SHAPES for case in make_cases(*shape, args.quick, args.device)]
+             + [case for shape in ROUTING_SHAPES for case in routing_attention_cases(*shape, args.device)]
+             + [voxel_attention_case(args.device)])
     rounds, target_s = (3, 0.1) if args.quick else (5, 0.3)
     rows = [run_case(case, threads, rounds, target_s, args.device) for threads in args.threads for case in cases]
     table = [[row['case'], f'{row["ours_ms"]:.2f}', f'{row["peer_ms"]:.2f}',
