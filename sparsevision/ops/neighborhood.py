@@ -82,8 +82,8 @@ def neighborhood_attention(query: torch.Tensor, key: torch.Tensor, value: torch.
         per_site = rpb.reshape(heads, -1)[:, bias_slot].transpose(0, 1)          # [sites, heads, slots]
         bias = per_site.to(query.dtype).repeat(batch, 1, 1)
     rows = batch * math.prod(grid)
-    out = indexed_attention(query.reshape(rows, heads, -1), key.reshape(rows, heads, -1),
-                            value.reshape(rows, heads, -1), index, bias, scale)
+    out = indexed_attention(query.reshape(rows, heads, query.shape[-1]), key.reshape(rows, heads, key.shape[-1]),
+                            value.reshape(rows, heads, value.shape[-1]), index, bias, scale)
     return out.reshape(*query.shape[:-1], value.shape[-1])
 
 

@@ -55,7 +55,8 @@ class SubMAttention(SparseModule):
         kernel_map = convolution_map(x, self.kernel_size, (1,) * self.ndim, padding, self.dilation, True,
                                      self.indice_key)
         sites = x.features.shape[0]
-        query, key, value = self.qkv(x.features).reshape(sites, 3, self.num_heads, -1).unbind(dim=1)
+        head_dim = self.channels // self.num_heads
+        query, key, value = self.qkv(x.features).reshape(sites, 3, self.num_heads, head_dim).unbind(dim=1)
         bias = None if self.rpb is None else self.rpb.to(query.dtype)[None]
         out = ops.indexed_attention(query, key, value, kernel_map.neighbors, bias)
         return x.replace_feature(self.proj(out.reshape(sites, self.channels)))

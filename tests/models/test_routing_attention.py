@@ -43,6 +43,10 @@ def test_the_index_names_each_pixels_routed_regions():
     assert index[15].tolist() == [8, 9, 12, 13]         # pixel (3, 3): region 3, routed to region 2 (bottom left)
 
 
+def test_an_empty_batch():
+    assert BiLevelRoutingAttention(8, 2, n_win=2, topk=1)(torch.randn(0, 4, 4, 8)).shape == (0, 4, 4, 8)
+
+
 def test_bad_arguments_raise():
     with pytest.raises(ValueError, match='official defaults only'):
         BiLevelRoutingAttention(8, num_heads=2, param_routing=True)

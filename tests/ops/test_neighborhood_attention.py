@@ -116,3 +116,13 @@ def test_bad_arguments_raise_clear_errors():
     with pytest.raises(ValueError, match='takes \\[batch'):
         NeighborhoodAttention2D(8, 2, 3)(torch.randn(4, 8))
     assert math.isfinite(na2d(x, x, x, 3).sum().item())
+
+
+def test_empty_batches_and_meta_tensors():
+    empty = torch.randn(0, 7, 7, 2, 4)
+    assert na2d(empty, empty, empty, 3).shape == (0, 7, 7, 2, 4)
+    assert NeighborhoodAttention2D(8, 2, 3)(torch.randn(0, 5, 5, 8)).shape == (0, 5, 5, 8)
+    meta = torch.empty(1, 7, 7, 2, 4, device='meta')
+    assert na2d(meta, meta, meta, 3).shape == (1, 7, 7, 2, 4)
+    with pytest.raises(ValueError, match='8 channels'):
+        NeighborhoodAttention2D(8, 2, 3)(torch.randn(1, 5, 5, 16))

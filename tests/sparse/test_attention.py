@@ -62,6 +62,11 @@ def test_gradients():
     assert layer.rpb.grad is not None and layer.rpb.grad.abs().sum() > 0
 
 
+def test_no_sites():
+    empty = SparseTensor(torch.randn(0, 8), torch.zeros(0, 4, dtype=torch.int32), [4, 4, 4], 1)
+    assert SubMAttention3d(8, 2)(empty).features.shape == (0, 8)
+
+
 def test_bad_input_raises():
     x = random_voxels(dtype=torch.float32)
     with pytest.raises(ValueError, match='expects 16 channels'):

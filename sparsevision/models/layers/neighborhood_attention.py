@@ -60,9 +60,9 @@ class _NeighborhoodAttention(nn.Module):
         return values
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != self.dims + 2:
-            raise ValueError(f'{type(self).__name__} takes [batch, *{self.dims} grid axes, channels], got shape '
-                             f'{tuple(x.shape)}')
+        if x.dim() != self.dims + 2 or x.shape[-1] != self.num_heads * self.head_dim:
+            raise ValueError(f'{type(self).__name__} takes [batch, *{self.dims} grid axes, '
+                             f'{self.num_heads * self.head_dim} channels], got shape {tuple(x.shape)}')
         grid = x.shape[1:-1]
         padded = [max(size, k * d) for size, k, d in zip(grid, self.kernel_size, self.dilation)]
         if list(padded) != list(grid):
@@ -74,7 +74,7 @@ class _NeighborhoodAttention(nn.Module):
         query, key, value = qkv.unbind(dim=-3)
         out = neighborhood_attention(query, key, value, self.kernel_size, self.dilation, self.is_causal, self.rpb,
                                      self.scale, dims=self.dims)
-        out = out[(slice(None), *(slice(0, size) for size in grid))].reshape(*x.shape[:1], *grid, -1)
+        out = out[(slice(None), *(slice(0, size) for size in grid))].reshape(*x.shape[:1], *grid, x.shape[-1])
         return self.proj_drop(self.proj(out))
 
     def extra_repr(self) -> str:

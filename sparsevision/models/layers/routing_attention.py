@@ -95,8 +95,10 @@ class BiLevelRoutingAttention(nn.Module):
         routes = self.route(q, k)
         index = routed_region_index(routes, height, width, self.n_win)
         rows, heads = batch * height * width, self.num_heads
-        out = indexed_attention(q.reshape(rows, heads, -1), k.reshape(rows, heads, -1), v.reshape(rows, heads, -1),
-                                index, scale=self.scale).reshape(batch, height, width, self.dim)
+        qk_per_head, v_per_head = self.qk_dim // heads, self.dim // heads
+        out = indexed_attention(q.reshape(rows, heads, qk_per_head), k.reshape(rows, heads, qk_per_head),
+                                v.reshape(rows, heads, v_per_head), index, scale=self.scale)
+        out = out.reshape(batch, height, width, self.dim)
         if self.lepe is not None:
             out = out + self.lepe(v.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         return self.wo(out)
@@ -105,8 +107,8 @@ class BiLevelRoutingAttention(nn.Module):
         """``[B, n_win^2, topk]``: the regions each region attends to, best first (region-mean q and k, detached)."""
         batch, height, width, channels = q.shape
         shape = (batch, self.n_win, height // self.n_win, self.n_win, width // self.n_win, channels)
-        q_regions = q.detach().reshape(shape).mean(dim=(2, 4)).reshape(batch, -1, channels)
-        k_regions = k.detach().reshape(shape).mean(dim=(2, 4)).reshape(batch, -1, channels)
+        q_regions = q.detach().reshape(shape).mean(dim=(2, 4)).reshape(batch, self.n_win ** 2, channels)
+        k_regions = k.detach().reshape(shape).mean(dim=(2, 4)).reshape(batch, self.n_win ** 2, channels)
         logits = (q_regions * self.scale) @ k_regions.transpose(-2, -1)
         return logits.topk(self.topk, dim=-1).indices
 
@@ -120,11 +122,12 @@ def routed_region_index(routes: torch.Tensor, height: int, width: int, n_win: in
     batch, regions, topk = routes.shape
     region_h, region_w = height // n_win, width // n_win
     region_pixels = _region_pixels(height, width, n_win, routes.device)           # [regions, region pixels]
-    keys = region_pixels[routes].reshape(batch, regions, -1)                       # [B, regions, topk * pixels]
+    slots = topk * region_h * region_w
+    keys = region_pixels[routes].reshape(batch, regions, slots)
     keys = keys + (torch.arange(batch, device=routes.device) * height * width)[:, None, None]
     pixel_region = (torch.arange(height, device=routes.device)[:, None] // region_h * n_win
                     + torch.arange(width, device=routes.device)[None, :] // region_w).reshape(-1)
-    index = keys[:, pixel_region].reshape(batch * height * width, -1).to(torch.int32)
+    index = keys[:, pixel_region].reshape(batch * height * width, slots).to(torch.int32)
     mark_valid(index, batch * height * width)   # rows in range by construction: no check (and no GPU sync) needed
     return index
 
