@@ -15,6 +15,7 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 
 from .indexed_attention import indexed_attention
+from .map_validation import mark_valid
 
 IntOrTuple = Union[int, Sequence[int]]
 BoolOrTuple = Union[bool, Sequence[bool]]
@@ -116,15 +117,26 @@ def window_arguments(grid: Tuple[int, ...], kernel_size: IntOrTuple, dilation: I
     return kernel, dilations, causal
 
 
-@functools.lru_cache(maxsize=32)
 def window_index(grid: Tuple[int, ...], kernel: Tuple[int, ...], dilations: Tuple[int, ...],
                  causal: Tuple[bool, ...], batch: int, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
     """``(index [batch * sites, slots] int32, bias_slot [sites, slots] int64)`` of every query's window.
 
     Slots run row-major over the window (last axis fastest), as NATTEN orders its attention weights; ``bias_slot``
-    is the flat position in the ``[2k-1, ...]`` bias table. Cached, so a network's repeated calls reuse one index
-    (and its range check).
+    is the flat position in the ``[2k-1, ...]`` bias table. The per-image tables are cached; the batched index is
+    in range by construction, so it is recorded as checked (no device read).
     """
+    local, bias_slot = window_tables(grid, kernel, dilations, causal, device)
+    sites = local.shape[0]
+    rows = local[None] + sites * torch.arange(batch, device=device, dtype=torch.int32)[:, None, None]
+    index = torch.where(local >= 0, rows, -1).reshape(batch * sites, local.shape[1])
+    mark_valid(index, batch * sites)
+    return index, bias_slot
+
+
+@functools.lru_cache(maxsize=32)
+def window_tables(grid: Tuple[int, ...], kernel: Tuple[int, ...], dilations: Tuple[int, ...],
+                  causal: Tuple[bool, ...], device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """One image's ``(key site [sites, slots] int32, -1 for empty slots; bias_slot [sites, slots] int64)``."""
     keys, offsets = zip(*(axis_windows(*arguments) for arguments in zip(grid, kernel, dilations, causal)))
     sites, slots = math.prod(grid), math.prod(kernel)
     key_site = torch.zeros(sites, slots, dtype=torch.int64)
@@ -140,9 +152,7 @@ def window_index(grid: Tuple[int, ...], kernel: Tuple[int, ...], dilations: Tupl
         key_site = key_site * grid[axis] + spread(axis_keys.clamp(min=0))
         bias_slot = bias_slot * (2 * kernel[axis] - 1) + spread(axis_offsets)
         present &= spread(axis_keys >= 0)
-    rows = key_site[None] + sites * torch.arange(batch)[:, None, None]
-    index = torch.where(present, rows, -1).reshape(batch * sites, slots).to(torch.int32)
-    return index.to(device), bias_slot.to(device)
+    return torch.where(present, key_site, -1).to(torch.int32).to(device), bias_slot.to(device)
 
 
 def axis_windows(length: int, kernel: int, dilation: int, causal: bool) -> Tuple[torch.Tensor, torch.Tensor]:
