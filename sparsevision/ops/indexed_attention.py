@@ -43,6 +43,8 @@ def indexed_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
     if query.dim() != 3 or key.dim() != 3 or value.dim() != 3:
         raise ValueError(f'indexed_attention: query, key and value must be [rows, heads, head_dim], got '
                          f'{tuple(query.shape)}, {tuple(key.shape)} and {tuple(value.shape)}')
+    if query.shape[2] == 0:
+        raise ValueError(f'indexed_attention: head_dim must be positive, got query of shape {tuple(query.shape)}')
     if key.shape[1:] != query.shape[1:] or value.shape[:2] != key.shape[:2]:
         raise ValueError(f'indexed_attention: key {tuple(key.shape)} and value {tuple(value.shape)} do not fit query '
                          f'{tuple(query.shape)} (same heads and head_dim, one value row per key)')

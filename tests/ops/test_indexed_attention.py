@@ -175,6 +175,7 @@ def test_bad_input_raises():
         ((query, key, value, torch.full_like(index, 11)), 'kernel map entries must be -1 or rows'),
         ((query, key, value, torch.full_like(index, -2)), 'kernel map entries must be -1 or rows'),
         ((query[0], key, value, index), 'must be \\[rows, heads, head_dim\\]'),
+        ((query[:, :, :0], key[:, :, :0], value, index), 'head_dim must be positive'),
     ]
     for arguments, message in cases:
         with pytest.raises(ValueError, match=message):
