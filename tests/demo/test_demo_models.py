@@ -18,7 +18,7 @@ DEMOS = ('image_demo', 'pcd_demo', 'masked_reconstruction_demo')
 FITS = {
     'image_demo': {'resnet18_w16_digits', 'resnet18_w16_digits_10labels_from_spark', 'vit_tiny_p4_digits',
                    'meta_spikeformer_tiny_digits', 'dynamicvit_vit_tiny_p4_digits', 'evit_vit_tiny_p4_digits',
-                   'spatten_vit_tiny_p4_digits', 'tome_vit_tiny_p4_digits'},
+                   'spatten_vit_tiny_p4_digits', 'tome_vit_tiny_p4_digits', 'dinat_digits'},
     'pcd_demo': {'sparse_unet_lidar_scenes', 'centerpoint_second_lidar_scenes', 'sparse_resnet_shapes',
                  'e3dsnn_shapes'},
     'masked_reconstruction_demo': {'spark_resnet18_w16_digits', 'spark_resnet18_w16_photos',

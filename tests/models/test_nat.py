@@ -1,11 +1,11 @@
-"""NAT and DiNAT: the official checkpoints' layout, and outputs equal to the same network with neighbourhood attention
-computed by its definition (dense attention masked to each query's window, bias looked up per key)."""
+"""NAT and DiNAT (an arch of NAT): the official checkpoints' layout, and outputs equal to the same network with
+neighbourhood attention computed by its definition (dense attention masked to each query's window, bias per key)."""
 import itertools
 
 import pytest
 import torch
 
-from sparsevision.models.backbones import NAT, DiNAT
+from sparsevision.models.backbones import NAT
 from sparsevision.models.backbones.nat import ARCHITECTURES
 from sparsevision.models.layers import neighborhood_attention as na_module
 from sparsevision.registry import MODELS
@@ -44,7 +44,7 @@ def official_layout(embed_dim, depths, heads, mlp_ratio, layer_scale, num_classe
 def test_a_checkpoint_in_the_official_layout_loads_strictly(arch):
     embed_dim, depths, heads, mlp_ratio, _, layer_scale, _ = ARCHITECTURES[arch]
     layout = official_layout(embed_dim, depths, heads, mlp_ratio, layer_scale)
-    model = MODELS.build(dict(type='DiNAT' if arch.startswith('dinat') else 'NAT', arch=arch))
+    model = MODELS.build(dict(type='NAT', arch=arch))
     assert {key: tuple(value.shape) for key, value in model.state_dict().items()} == layout
     generator = torch.Generator().manual_seed(0)
     checkpoint = {key: torch.randn(shape, generator=generator) for key, shape in layout.items()}
@@ -97,7 +97,7 @@ def test_dense_outputs_and_bad_arguments():
     assert [tuple(t.shape) for t in levels] == [(2, 64, 16, 16), (2, 512, 2, 2)]
     with pytest.raises(ValueError, match='unknown NAT arch'):
         NAT('nat_huge')
-    with pytest.raises(ValueError, match='dinat_\\* arch'):
-        DiNAT('nat_mini')
+    with pytest.raises(ValueError, match='exactly the fields'):
+        NAT(dict(embed_dim=32, depths=(2, 2)))
     with pytest.raises(ValueError, match='out_indices'):
         NAT('nat_mini', out_indices=(4,))

@@ -1,4 +1,4 @@
-from .nat import NAT, DiNAT
+from .nat import NAT
 from .resnet import ResNet
 from .second import SparseEncoder
 from .sparse_resnet import SparseResNet
@@ -6,4 +6,4 @@ from .sparse_unet import SparseUNet
 from .timm_backbone import TimmBackbone
 from .vision_transformer import VisionTransformer
 
-__all__ = ['DiNAT', 'NAT', 'ResNet', 'SparseEncoder', 'SparseResNet', 'SparseUNet', 'TimmBackbone', 'VisionTransformer']
+__all__ = ['NAT', 'ResNet', 'SparseEncoder', 'SparseResNet', 'SparseUNet', 'TimmBackbone', 'VisionTransformer']

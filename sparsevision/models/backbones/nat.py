@@ -18,7 +18,8 @@ from ..layers import NeighborhoodAttention2D
 
 _DINAT_DILATIONS = {6: [[1, 8, 1], [1, 4, 1, 4], [1, 2] * 3, [1] * 5],
                     18: [[1, 8, 1], [1, 4, 1, 4], [1, 2] * 9, [1] * 5]}
-ARCHITECTURES = {   # name: (embed_dim, depths, num_heads, mlp_ratio, drop_path_rate, layer_scale, dilations)
+FIELDS = ('embed_dim', 'depths', 'num_heads', 'mlp_ratio', 'drop_path_rate', 'layer_scale', 'dilations')
+ARCHITECTURES = {   # name: the FIELDS, in order
     'nat_mini': (64, (3, 4, 6, 5), (2, 4, 8, 16), 3.0, 0.2, None, None),
     'nat_tiny': (64, (3, 4, 18, 5), (2, 4, 8, 16), 3.0, 0.2, None, None),
     'nat_small': (96, (3, 4, 18, 5), (3, 6, 12, 24), 2.0, 0.3, 1e-5, None),
@@ -100,10 +101,12 @@ class NATBlock(nn.Module):
 
 @MODELS.register_module()
 class NAT(BaseModule):
-    """Neighborhood Attention Transformer, or DiNAT for an ``arch`` named ``dinat_*``.
+    """Neighborhood Attention Transformer; DiNAT for an ``arch`` named ``dinat_*`` (NAT with dilations).
 
     Args:
-        arch: one of :data:`ARCHITECTURES` (``nat_mini`` ... ``nat_base``, ``dinat_mini`` ... ``dinat_base``).
+        arch: one of :data:`ARCHITECTURES` (``nat_mini`` ... ``nat_base``, ``dinat_mini`` ... ``dinat_base``), or a
+            dict of the :data:`FIELDS` for another size (``layer_scale`` and ``dilations`` may be None: no layer
+            scale, no dilation).
         in_chans: image channels.
         num_classes: classes of the linear head; 0 returns the pooled features.
         kernel_size: neighbourhood size (7 in all released models).
@@ -113,19 +116,18 @@ class NAT(BaseModule):
         init_cfg: mmengine initialisation config.
 
     Raises:
-        ValueError: an unknown ``arch`` or a level number outside ``[0, 4)``.
+        ValueError: an unknown ``arch``, an arch dict with missing or unknown fields, or a level number outside the
+            levels.
     """
 
     def __init__(self, arch: str = 'nat_mini', in_chans: int = 3, num_classes: int = 1000, kernel_size: int = 7,
                  drop_rate: float = 0.0, drop_path_rate: Optional[float] = None,
                  out_indices: Optional[Sequence[int]] = None, init_cfg=None):
         super().__init__(init_cfg)
-        if arch not in ARCHITECTURES:
-            raise ValueError(f'unknown NAT arch {arch!r}; choose one of {sorted(ARCHITECTURES)}')
-        embed_dim, depths, num_heads, mlp_ratio, default_drop_path, layer_scale, dilations = ARCHITECTURES[arch]
+        embed_dim, depths, num_heads, mlp_ratio, default_drop_path, layer_scale, dilations = _architecture(arch)
         if out_indices is not None and any(not 0 <= i < len(depths) for i in out_indices):
             raise ValueError(f'out_indices must be level numbers in [0, {len(depths)}), got {out_indices}')
-        self.arch, self.out_indices = arch, None if out_indices is None else tuple(out_indices)
+        self.out_indices = None if out_indices is None else tuple(out_indices)
         self.num_features = embed_dim * 2 ** (len(depths) - 1)
         top_rate = default_drop_path if drop_path_rate is None else drop_path_rate
         rates = torch.linspace(0, top_rate, sum(depths)).tolist()
@@ -161,14 +163,15 @@ class NAT(BaseModule):
         return tuple(outputs)
 
 
-@MODELS.register_module()
-class DiNAT(NAT):
-    """:class:`NAT` with the DiNAT dilations (``arch`` ``dinat_mini`` ... ``dinat_base``)."""
-
-    def __init__(self, arch: str = 'dinat_mini', **kwargs):
-        if not arch.startswith('dinat_'):
-            raise ValueError(f'DiNAT takes a dinat_* arch, got {arch!r}')
-        super().__init__(arch, **kwargs)
+def _architecture(arch) -> tuple:
+    """The FIELDS of ``arch``, a name of :data:`ARCHITECTURES` or a dict of them."""
+    if isinstance(arch, str):
+        if arch not in ARCHITECTURES:
+            raise ValueError(f'unknown NAT arch {arch!r}; choose one of {sorted(ARCHITECTURES)} or pass a dict')
+        return ARCHITECTURES[arch]
+    if not isinstance(arch, dict) or set(arch) != set(FIELDS):
+        raise ValueError(f'a NAT arch dict needs exactly the fields {FIELDS}, got {arch!r}')
+    return tuple(arch[field] for field in FIELDS)
 
 
 def _init_weights(module: nn.Module) -> None:
