@@ -88,7 +88,7 @@ inline void add_scaled(acc_t* target, acc_t weight, const scalar_t* source, int6
 }
 
 // sums[d] = sum over c, in order, of weights[c] * table[rows[c] * stride + offset + d], d < length. Float rows of 8 to
-// 64 lanes keep the sums in registers (the same order, so the same bits as the loop through memory).
+// 64 lanes keep the sums in registers (same summation order as the loop through memory).
 template <int Vectors>
 inline void weighted_float_rows(float* sums, const float* weights, const int32_t* rows, int64_t count,
                                 const float* table, int64_t stride, int64_t offset) {
