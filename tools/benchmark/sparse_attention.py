@@ -21,6 +21,9 @@ Voxel attention: ``SubMAttention3d`` (64 channels, 4 heads, 3x3x3 neighbourhood,
 ``SubMConv3d`` 64->64 k3, forward, on the ray-cast street scene of ``sparse_conv.py`` (kernel map built before timing,
 shared by both). Another function: the row measures cost, not agreement.
 
+``saved MB``: the activations autograd keeps for the backward (each storage once; parameters and the input left
+out), measured with ``torch.autograd.graph.saved_tensors_hooks``, for the BiFormer fwd+bwd rows.
+
 ``ratio`` is ours/peer time: lower is better, below 1 means ours is faster (the median of per-round ratios; rounds
 alternate which side runs first, each side best of 3 repetitions; ``spread`` is their min-max). Follows
 ``/work/shared/BENCHMARKS.md``.
@@ -33,7 +36,7 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -57,6 +60,24 @@ class Case:
     ours: Callable[[], tuple]
     peer: Callable[[], tuple]
     same_function: bool
+    saved_bytes: Optional[Tuple[int, int]] = None   # activations kept for the backward: ours, peer
+
+
+def saved_activation_bytes(function, excluded) -> int:
+    """Bytes of the tensors autograd keeps for the backward of ``function()``, each storage once, leaving out the
+    storages of ``excluded`` tensors (the parameters and the input, which both sides keep)."""
+    skip = {tensor.untyped_storage().data_ptr() for tensor in excluded}
+    storages = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in skip:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        function()
+    return sum(storages.values())
 
 
 def window_attention(query, key, value):
@@ -159,10 +180,12 @@ def routing_attention_cases(side, channels, heads, topk, device):
         with torch.no_grad():
             return (attention(x),)
 
+    kept = [x, *layer.parameters()]
+    saved = (saved_activation_bytes(lambda: layer(x), kept), saved_activation_bytes(lambda: peer(x), kept))
     return [Case(f'BiFormer routing attention fwd vs gather, {shape}', lambda: inference(layer),
                  lambda: inference(peer), True),
             Case(f'BiFormer routing attention fwd+bwd vs gather, {shape}', lambda: train_step(layer),
-                 lambda: train_step(peer), True)]
+                 lambda: train_step(peer), True, saved)]
 
 
 def voxel_attention_case(device):
@@ -207,10 +230,13 @@ def run_case(case: Case, threads: int, rounds: int, target_s: float, device: str
         for function, calls, times in (sides if number % 2 == 0 else sides[::-1]):
             times.append(protocol.best_time(function, calls, REPETITIONS, device))
         ratios.append(ours_times[-1] / peer_times[-1])
-    return {'case': f'{case.name}, {threads} thread{"s" if threads > 1 else ""} (time)', 'threads': threads,
-            'ours_ms': 1e3 * statistics.median(ours_times), 'peer_ms': 1e3 * statistics.median(peer_times),
-            'ratio': statistics.median(ratios), 'rounds': ratios,
-            'match': None if difference is None else difference <= TOLERANCE, 'max_abs_diff': difference}
+    row = {'case': f'{case.name}, {threads} thread{"s" if threads > 1 else ""} (time)', 'threads': threads,
+           'ours_ms': 1e3 * statistics.median(ours_times), 'peer_ms': 1e3 * statistics.median(peer_times),
+           'ratio': statistics.median(ratios), 'rounds': ratios,
+           'match': None if difference is None else difference <= TOLERANCE, 'max_abs_diff': difference}
+    if case.saved_bytes is not None:
+        row['saved_mb_ours'], row['saved_mb_peer'] = (size / 2**20 for size in case.saved_bytes)
+    return row
 
 
 def main():
@@ -228,9 +254,10 @@ def main():
     rounds, target_s = (3, 0.1) if args.quick else (5, 0.3)
     rows = [run_case(case, threads, rounds, target_s, args.device) for threads in args.threads for case in cases]
     table = [[row['case'], f'{row["ours_ms"]:.2f}', f'{row["peer_ms"]:.2f}',
+              f'{row["saved_mb_ours"]:.1f} / {row["saved_mb_peer"]:.1f}' if 'saved_mb_ours' in row else '-',
               '-' if row['match'] is None else f'{"yes" if row["match"] else "NO"} ({row["max_abs_diff"]:.1e})',
               f'{min(row["rounds"]):.2f}-{max(row["rounds"]):.2f}', f'{row["ratio"]:.2f}'] for row in rows]
-    protocol.print_table(['case', 'ours ms', 'peer ms', 'match', 'spread', 'ratio'], table)
+    protocol.print_table(['case', 'ours ms', 'peer ms', 'saved MB ours / peer', 'match', 'spread', 'ratio'], table)
     print(f'\ntotal {time.perf_counter() - started:.0f} s')
     if args.json:
         protocol.write_json(args.json, 'sparse_attention', 'window attention (SDPA), flex_attention, torch gather',
